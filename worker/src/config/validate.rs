@@ -1,0 +1,196 @@
+//! Rules a parsed config must follow beyond its schema.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use super::{Config, Error, Protocol, ServerWide, Target, TlsMode};
+
+/// Checks every rule and reports the first broken one with the field's path.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the field and what is wrong.
+pub fn validate(config: &Config) -> Result<(), Error> {
+    check_defaults(config)?;
+    let mut names = BTreeSet::new();
+    for (i, target) in config.targets.iter().enumerate() {
+        let at = |field: &str| format!("targets[{i}].{field}");
+        if !names.insert(target.name.as_str()) {
+            return invalid(at("name"), format!("duplicate target name {:?}", target.name));
+        }
+        check_target(config, target, &at)?;
+    }
+    check_carriers(config)?;
+    check_exporter(config)?;
+    if config.connections.max_per_server == 0 {
+        return invalid("connections.max_per_server", "must be at least 1");
+    }
+    if config.pipeline.breaker.failure_threshold == 0 {
+        return invalid("pipeline.breaker.failure_threshold", "must be at least 1");
+    }
+    if config.pipeline.batch.max_points == 0 {
+        return invalid("pipeline.batch.max_points", "must be at least 1");
+    }
+    if config.pipeline.channel_capacity == Some(0) {
+        return invalid("pipeline.channel_capacity", "must be at least 1");
+    }
+    if config.pipeline.sampler.max_keys == 0 {
+        return invalid("pipeline.sampler.max_keys", "must be at least 1");
+    }
+    if config.exporter.queue.concurrency == 0 {
+        return invalid("exporter.queue.concurrency", "must be at least 1");
+    }
+    if config.exporter.queue.max_points < u64::from(config.pipeline.batch.max_points) {
+        return invalid(
+            "exporter.queue.max_points",
+            "must hold at least one batch (pipeline.batch.max_points)",
+        );
+    }
+    Ok(())
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Result<(), Error> {
+    Err(Error::Invalid { field: field.into(), message: message.into() })
+}
+
+fn check_defaults(config: &Config) -> Result<(), Error> {
+    let d = &config.defaults;
+    if d.interval < Duration::from_secs(1) {
+        return invalid("defaults.interval", "must be at least 1s");
+    }
+    if d.query_timeout.is_zero() || d.query_timeout >= d.interval {
+        return invalid("defaults.query_timeout", "must be above 0 and below defaults.interval");
+    }
+    if d.connect_timeout.is_zero() {
+        return invalid("defaults.connect_timeout", "must be above 0");
+    }
+    Ok(())
+}
+
+fn check_target(config: &Config, t: &Target, at: &dyn Fn(&str) -> String) -> Result<(), Error> {
+    let name_ok = (1..=63).contains(&t.name.len())
+        && t.name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'));
+    if !name_ok {
+        return invalid(at("name"), "must be 1 to 63 characters of a-z, 0-9, '_', '.', '-'");
+    }
+    if t.host.trim().is_empty() {
+        return invalid(at("host"), "must not be empty");
+    }
+    if t.port == Some(0) {
+        return invalid(at("port"), "must be between 1 and 65535");
+    }
+    if t.user.is_empty() {
+        return invalid(at("user"), "must not be empty");
+    }
+    match (&t.databases, &t.discover) {
+        (Some(_), Some(_)) => {
+            return invalid(at("databases"), "set either databases or discover, not both");
+        }
+        (Some(dbs), None) => {
+            if dbs.is_empty() {
+                return invalid(at("databases"), "must name at least one database");
+            }
+            if let Some(j) = dbs.iter().position(|d| d.is_empty()) {
+                return invalid(at(&format!("databases[{j}]")), "must not be empty");
+            }
+            let unique: BTreeSet<_> = dbs.iter().collect();
+            if unique.len() != dbs.len() {
+                return invalid(at("databases"), "lists a database twice");
+            }
+        }
+        _ => {}
+    }
+    let interval = t.interval.unwrap_or(config.defaults.interval);
+    if interval < Duration::from_secs(1) {
+        return invalid(at("interval"), "must be at least 1s");
+    }
+    let timeout = t.query_timeout.unwrap_or(config.defaults.query_timeout);
+    if timeout.is_zero() || timeout >= interval {
+        return invalid(at("query_timeout"), "must be above 0 and below the target's interval");
+    }
+    check_tls(t, at)
+}
+
+fn check_tls(t: &Target, at: &dyn Fn(&str) -> String) -> Result<(), Error> {
+    let tls = &t.tls;
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return invalid(at("tls.key_file"), "cert_file and key_file go together");
+    }
+    if tls.mode == TlsMode::Disable
+        && (tls.ca_file.is_some() || tls.cert_file.is_some())
+    {
+        return invalid(at("tls.mode"), "is disable but TLS files are set");
+    }
+    if matches!(tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && tls.ca_file.is_none() {
+        return invalid(at("tls.ca_file"), "is required by verify-ca and verify-full");
+    }
+    Ok(())
+}
+
+/// At most one explicit carrier per endpoint.
+fn check_carriers(config: &Config) -> Result<(), Error> {
+    let mut carriers: BTreeMap<(String, u16), usize> = BTreeMap::new();
+    for (i, t) in config.targets.iter().enumerate() {
+        if t.server_wide != ServerWide::Carrier {
+            continue;
+        }
+        let key = (t.host.to_ascii_lowercase(), t.port());
+        if let Some(first) = carriers.insert(key, i) {
+            return invalid(
+                format!("targets[{i}].server_wide"),
+                format!(
+                    "targets[{first}] already carries the server-wide families of {}:{}",
+                    t.host,
+                    t.port()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_exporter(config: &Config) -> Result<(), Error> {
+    let e = &config.exporter;
+    let Ok(uri) = e.endpoint.parse::<http::Uri>() else {
+        return invalid("exporter.endpoint", "is not a URL");
+    };
+    match uri.scheme_str() {
+        Some("http") => {
+            if e.tls.ca_file.is_some() || e.tls.cert_file.is_some() {
+                return invalid("exporter.tls", "is set but the endpoint is http://");
+            }
+        }
+        Some("https") => {
+            if e.tls.ca_file.is_none() {
+                return invalid("exporter.tls.ca_file", "is required for an https:// endpoint");
+            }
+        }
+        _ => return invalid("exporter.endpoint", "must start with http:// or https://"),
+    }
+    if uri.host().is_none() {
+        return invalid("exporter.endpoint", "has no host");
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return invalid("exporter.endpoint", "must not carry credentials; use exporter.headers");
+    }
+    if e.protocol == Protocol::Grpc && uri.path() != "/" && !uri.path().is_empty() {
+        return invalid("exporter.endpoint", "a gRPC endpoint takes no path");
+    }
+    if e.tls.cert_file.is_some() != e.tls.key_file.is_some() {
+        return invalid("exporter.tls.key_file", "cert_file and key_file go together");
+    }
+    for name in e.headers.keys() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return invalid(format!("exporter.headers.{name}"), "is not a valid header name");
+        }
+    }
+    if e.timeout.is_zero() {
+        return invalid("exporter.timeout", "must be above 0");
+    }
+    if e.retry.initial_backoff.is_zero() || e.retry.initial_backoff > e.retry.max_backoff {
+        return invalid(
+            "exporter.retry.initial_backoff",
+            "must be above 0 and at most exporter.retry.max_backoff",
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! Database connections: one bounded sqlx pool per (server, database), inside a
+//! connection budget per server endpoint.
+//!
+//! Each [`DbPool`] holds at most one connection, and only while it holds a permit from
+//! its [`Endpoint`]'s semaphore, so the connections open to one server never exceed the
+//! endpoint's budget. When an endpoint has more databases than permits, a database gives
+//! its permit back (closing its connection) after each use, so connections rotate
+//! through the databases; every open is counted. Passwords are read again before each
+//! (re)connect, so a rotated secret takes effect without a restart.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::pool::{PoolConnection, PoolOptions};
+use sqlx::{Connection, Database, MySql, Pool, Postgres};
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{self, ValueSource};
+use crate::secret;
+use crate::telemetry::{Metrics, ServerLabel};
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Every connection of the server's budget stayed in use past the acquire timeout.
+    #[error("no free connection to {server} within {timeout:?}")]
+    Budget {
+        /// `host:port`.
+        server: Arc<str>,
+        /// The acquire timeout.
+        timeout: Duration,
+    },
+    /// The password could not be read.
+    #[error("reading the password for {server}")]
+    Credentials {
+        /// `host:port`.
+        server: Arc<str>,
+        /// What failed.
+        #[source]
+        source: secret::Error,
+    },
+    /// Connecting failed or timed out.
+    #[error("connecting to {server}/{database}")]
+    Connect {
+        /// `host:port`.
+        server: Arc<str>,
+        /// The database.
+        database: Arc<str>,
+        /// The driver's error (sqlx never includes the password in it).
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Engines whose connect options can take a password read at connect time.
+pub trait Engine: Database {
+    /// `options` with `password` set.
+    fn with_password(
+        options: &<Self::Connection as Connection>::Options,
+        password: &str,
+    ) -> <Self::Connection as Connection>::Options;
+}
+
+impl Engine for Postgres {
+    fn with_password(
+        options: &sqlx::postgres::PgConnectOptions,
+        password: &str,
+    ) -> sqlx::postgres::PgConnectOptions {
+        options.clone().password(password)
+    }
+}
+
+impl Engine for MySql {
+    fn with_password(
+        options: &sqlx::mysql::MySqlConnectOptions,
+        password: &str,
+    ) -> sqlx::mysql::MySqlConnectOptions {
+        options.clone().password(password)
+    }
+}
+
+/// A server endpoint (`host:port`) and its connection budget.
+#[derive(Debug)]
+pub struct Endpoint {
+    server: Arc<str>,
+    budget: u32,
+    permits: Arc<Semaphore>,
+    members: AtomicU32,
+    label: ServerLabel,
+}
+
+impl Endpoint {
+    /// `host:port`, safe for logs and labels.
+    pub fn server(&self) -> &Arc<str> {
+        &self.server
+    }
+
+    /// The most connections open at once.
+    pub fn budget(&self) -> u32 {
+        self.budget
+    }
+
+    /// More databases share the endpoint than it has permits: connections rotate.
+    fn oversubscribed(&self) -> bool {
+        self.members.load(Ordering::Relaxed) > self.budget
+    }
+
+    fn in_use(&self) -> i64 {
+        i64::from(self.budget) - self.permits.available_permits() as i64
+    }
+}
+
+/// The endpoints of a worker, shared by every target that names them.
+#[derive(Debug)]
+pub struct Endpoints {
+    settings: config::Connections,
+    map: Mutex<HashMap<(String, u16), Arc<Endpoint>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Endpoints {
+    /// An empty registry using `settings` for every endpoint.
+    pub fn new(settings: config::Connections, metrics: Arc<Metrics>) -> Self {
+        Self { settings, map: Mutex::new(HashMap::new()), metrics }
+    }
+
+    /// The endpoint for `host:port`, created with a budget of `databases + 1` capped at
+    /// `connections.max_per_server` (`databases` is `None` when they are discovered, which
+    /// gives the cap). The first caller sets the budget.
+    pub fn endpoint(&self, host: &str, port: u16, databases: Option<usize>) -> Arc<Endpoint> {
+        let key = (host.to_ascii_lowercase(), port);
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(key)
+            .or_insert_with(|| {
+                let cap = self.settings.max_per_server.max(1);
+                let budget = databases
+                    .map(|n| u32::try_from(n + 1).unwrap_or(u32::MAX).min(cap))
+                    .unwrap_or(cap);
+                let server: Arc<str> = Arc::from(format!("{host}:{port}"));
+                Arc::new(Endpoint {
+                    label: ServerLabel { server: server.to_string() },
+                    server,
+                    budget,
+                    permits: Arc::new(Semaphore::new(budget as usize)),
+                    members: AtomicU32::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// A pool for one database of `endpoint`. `options` carries engine-specific hooks
+    /// (e.g. session settings in `after_connect`); its size and timeouts are set here.
+    pub fn pool<DB: Engine>(
+        &self,
+        endpoint: Arc<Endpoint>,
+        database: Arc<str>,
+        connect: <DB::Connection as Connection>::Options,
+        password: Option<ValueSource>,
+        options: PoolOptions<DB>,
+        connect_timeout: Duration,
+    ) -> DbPool<DB> {
+        endpoint.members.fetch_add(1, Ordering::Relaxed);
+        let pool = options
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(connect_timeout)
+            .max_lifetime(self.settings.max_lifetime)
+            .idle_timeout(self.settings.idle_timeout)
+            .test_before_acquire(true)
+            .connect_lazy_with(connect.clone());
+        DbPool {
+            pool,
+            endpoint,
+            database,
+            base: connect,
+            password,
+            last_password: Mutex::new(None),
+            permit: Arc::new(tokio::sync::Mutex::new(None)),
+            acquire_timeout: self.settings.acquire_timeout,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// One database's pool: at most one connection, opened only under a budget permit.
+#[derive(Debug)]
+pub struct DbPool<DB: Engine> {
+    pool: Pool<DB>,
+    endpoint: Arc<Endpoint>,
+    database: Arc<str>,
+    base: <DB::Connection as Connection>::Options,
+    password: Option<ValueSource>,
+    last_password: Mutex<Option<String>>,
+    permit: Arc<tokio::sync::Mutex<Option<OwnedSemaphorePermit>>>,
+    acquire_timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// A connection in use. Give it back with [`Lease::release`]; a lease dropped without
+/// it (a cancelled scrape) closes its connection, since it may be mid-query.
+#[derive(Debug)]
+pub struct Lease<DB: Engine> {
+    conn: Option<PoolConnection<DB>>,
+    slot: OwnedMutexGuard<Option<OwnedSemaphorePermit>>,
+    endpoint: Arc<Endpoint>,
+    metrics: Arc<Metrics>,
+}
+
+impl<DB: Engine> DbPool<DB> {
+    /// The database's name.
+    pub fn database(&self) -> &Arc<str> {
+        &self.database
+    }
+
+    /// The endpoint this pool draws from.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// Takes the database's connection, opening it (under a budget permit) if needed.
+    ///
+    /// # Errors
+    /// [`Error::Budget`] when no permit frees up in time, [`Error::Credentials`] when
+    /// the password cannot be read, [`Error::Connect`] when connecting fails.
+    pub async fn acquire(&self) -> Result<Lease<DB>, Error> {
+        let mut slot = self.permit.clone().lock_owned().await;
+        if slot.is_none() {
+            let permit = tokio::time::timeout(
+                self.acquire_timeout,
+                self.endpoint.permits.clone().acquire_owned(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| Error::Budget {
+                server: self.endpoint.server.clone(),
+                timeout: self.acquire_timeout,
+            })?;
+            *slot = Some(permit);
+            self.publish_open();
+        }
+
+        let result = async {
+            self.refresh_password()?;
+            let before = self.pool.size();
+            let conn = self.pool.acquire().await.map_err(|source| Error::Connect {
+                server: self.endpoint.server.clone(),
+                database: self.database.clone(),
+                source,
+            })?;
+            if before == 0 {
+                self.metrics
+                    .connections_opened
+                    .get_or_create(&self.endpoint.label)
+                    .inc();
+            }
+            Ok(conn)
+        }
+        .await;
+
+        match result {
+            Ok(conn) => Ok(Lease {
+                conn: Some(conn),
+                slot,
+                endpoint: self.endpoint.clone(),
+                metrics: self.metrics.clone(),
+            }),
+            Err(e) => {
+                // Nothing is open: the permit goes back.
+                *slot = None;
+                self.publish_open();
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-reads the password and, when it changed, makes new connections use it.
+    fn refresh_password(&self) -> Result<(), Error> {
+        let Some(source) = &self.password else { return Ok(()) };
+        let password = secret::read(source).map_err(|source| Error::Credentials {
+            server: self.endpoint.server.clone(),
+            source,
+        })?;
+        let mut last = self.last_password.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_deref() != Some(password.as_str()) {
+            self.pool.set_connect_options(DB::with_password(&self.base, &password));
+            *last = Some(password);
+        }
+        Ok(())
+    }
+
+    fn publish_open(&self) {
+        self.metrics
+            .connections_open
+            .get_or_create(&self.endpoint.label)
+            .set(self.endpoint.in_use());
+    }
+
+    /// Closes the pool's connection, if any (on config reload or shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+        let mut slot = self.permit.lock().await;
+        *slot = None;
+        self.publish_open();
+    }
+}
+
+impl<DB: Engine> Drop for DbPool<DB> {
+    fn drop(&mut self) {
+        self.endpoint.members.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<DB: Engine> Lease<DB> {
+    /// The connection.
+    pub fn conn(&mut self) -> &mut PoolConnection<DB> {
+        // `conn` is only taken by `release` and `drop`, which consume the lease.
+        self.conn.as_mut().expect("lease holds a connection until released")
+    }
+
+    /// Gives the connection back. A healthy one stays open for the next scrape unless the
+    /// endpoint's databases outnumber its budget; a broken one (a failed or timed-out
+    /// query may leave it mid-protocol) is closed at once.
+    pub async fn release(mut self, healthy: bool) {
+        let Some(conn) = self.conn.take() else { return };
+        if !healthy {
+            let _ = conn.detach().close_hard().await;
+            *self.slot = None;
+        } else if self.endpoint.oversubscribed() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+            *self.slot = None;
+        } else {
+            drop(conn);
+        }
+        self.metrics
+            .connections_open
+            .get_or_create(&self.endpoint.label)
+            .set(self.endpoint.in_use());
+    }
+}
+
+impl<DB: Engine> Drop for Lease<DB> {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            // The pool closes it in the background and counts it until it is gone, so
+            // the permit stays with this database: releasing it now could let another
+            // database open a connection before this one is closed.
+            conn.close_on_drop();
+            drop(conn);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Processors between the receivers and the exporter, each bounded by construction.

@@ -1,0 +1,228 @@
+//! The worker's own telemetry: Prometheus metrics about collection, processing and export.
+//!
+//! Labels are bounded: target names come from the config, servers are sanitized
+//! `host:port` strings, kinds and reasons are fixed enums. Never a credential, never a
+//! raw error message.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Labels naming a target.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    /// The target's name.
+    pub target: String,
+}
+
+/// Labels of a scrape error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// The target's name.
+    pub target: String,
+    /// [`crate::receivers::ErrorKind`] as a string.
+    pub kind: &'static str,
+}
+
+/// Labels naming a server endpoint (`host:port`, no credentials).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// `host:port`.
+    pub server: String,
+}
+
+/// Labels of a missing capability.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapabilityLabels {
+    /// The target's name.
+    pub target: String,
+    /// The family or feature that cannot be collected, e.g. `pg_stat_statements`.
+    pub capability: String,
+}
+
+/// Why points were dropped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum DropReason {
+    /// The export queue was full; the oldest batch made room.
+    QueueFull,
+    /// The receiver refused the batch, or retries ran out.
+    ExportFailed,
+    /// The receiver accepted the request but rejected these points (partial success).
+    Rejected,
+    /// The shutdown deadline passed with the batch still queued.
+    Shutdown,
+}
+
+/// Labels of dropped points.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    /// Why.
+    pub reason: DropReason,
+}
+
+/// Labels of an export request outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `success`, `retryable` or `permanent`.
+    pub result: &'static str,
+}
+
+/// Every self-metric of the worker, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Scrape duration per target, seconds.
+    pub scrape_duration: Family<TargetLabel, Histogram, fn() -> Histogram>,
+    /// Scrapes started per target (who collected what).
+    pub scrapes: Family<TargetLabel, Counter>,
+    /// Failed scrapes by target and kind.
+    pub scrape_errors: Family<ErrorLabels, Counter>,
+    /// Ticks skipped because the previous scrape still ran.
+    pub scrapes_skipped: Family<TargetLabel, Counter>,
+    /// Scrapes not attempted because the target's breaker was open.
+    pub scrapes_short_circuited: Family<TargetLabel, Counter>,
+    /// 1 when the last scrape of a target succeeded.
+    pub up: Family<TargetLabel, Gauge>,
+    /// Connections open per server endpoint, as counted by the pools.
+    pub connections_open: Family<ServerLabel, Gauge>,
+    /// Connections opened per server endpoint (each one after the first per database
+    /// is a reconnect or a rotation).
+    pub connections_opened: Family<ServerLabel, Counter>,
+    /// Breaker state per target: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Family<TargetLabel, Gauge>,
+    /// 1 per capability a target lacks.
+    pub capability_missing: Family<CapabilityLabels, Gauge>,
+    /// Points produced by the receivers.
+    pub points_received: Counter,
+    /// Points accepted by the OTLP receiver.
+    pub points_exported: Counter,
+    /// Points dropped, by reason.
+    pub points_dropped: Family<DropLabel, Counter>,
+    /// Query-level points left out by the sampler (folded into the aggregate; not a
+    /// loss).
+    pub points_sampled_out: Counter,
+    /// Points waiting in the export queue.
+    pub queue_points: Gauge,
+    /// Export requests by outcome.
+    pub export_requests: Family<ResultLabel, Counter>,
+    /// Statement keys remembered by the sampler.
+    pub sampler_keys: Gauge,
+    /// Time from a row being read to its point being handed to the exporter, seconds.
+    pub pipeline_latency: Histogram,
+    /// Config reloads by outcome.
+    pub config_reloads: Family<ResultLabel, Counter>,
+    /// 1 when the last config (re)load succeeded.
+    pub config_last_reload_ok: Gauge,
+    /// Config format version in use.
+    pub config_version: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Keep rate of the sampler per target (0 to 1).
+    pub sampler_rate: Family<TargetLabel, Gauge<f64, AtomicU64>>,
+}
+
+fn scrape_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Metrics {
+    /// Metrics registered in a throwaway registry, for tests and benches.
+    pub fn unregistered() -> Self {
+        Self::new(&mut Registry::default())
+    }
+
+    /// Creates the metrics and registers them under the `dbcollector_` prefix.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            scrape_duration: Family::new_with_constructor(scrape_histogram),
+            scrapes: Family::default(),
+            scrape_errors: Family::default(),
+            scrapes_skipped: Family::default(),
+            scrapes_short_circuited: Family::default(),
+            up: Family::default(),
+            connections_open: Family::default(),
+            connections_opened: Family::default(),
+            breaker_state: Family::default(),
+            capability_missing: Family::default(),
+            points_received: Counter::default(),
+            points_exported: Counter::default(),
+            points_dropped: Family::default(),
+            points_sampled_out: Counter::default(),
+            queue_points: Gauge::default(),
+            export_requests: Family::default(),
+            sampler_keys: Gauge::default(),
+            pipeline_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            config_reloads: Family::default(),
+            config_last_reload_ok: Gauge::default(),
+            config_version: Gauge::default(),
+            sampler_rate: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("dbcollector");
+        r.register("scrape_duration_seconds", "Scrape duration", m.scrape_duration.clone());
+        r.register("scrapes", "Scrapes started", m.scrapes.clone());
+        r.register("scrape_errors", "Failed scrapes by kind", m.scrape_errors.clone());
+        r.register(
+            "scrapes_skipped",
+            "Ticks skipped while the previous scrape ran",
+            m.scrapes_skipped.clone(),
+        );
+        r.register(
+            "scrapes_short_circuited",
+            "Scrapes not attempted, breaker open",
+            m.scrapes_short_circuited.clone(),
+        );
+        r.register("up", "1 when the last scrape of the target succeeded", m.up.clone());
+        r.register("connections_open", "Open database connections", m.connections_open.clone());
+        r.register(
+            "connections_opened",
+            "Database connections opened",
+            m.connections_opened.clone(),
+        );
+        r.register(
+            "breaker_state",
+            "Breaker state: 0 closed, 1 open, 2 half-open",
+            m.breaker_state.clone(),
+        );
+        r.register(
+            "capability_missing",
+            "1 per capability the target lacks",
+            m.capability_missing.clone(),
+        );
+        r.register("points_received", "Points produced by receivers", m.points_received.clone());
+        r.register("points_exported", "Points accepted by the receiver", m.points_exported.clone());
+        r.register("points_dropped", "Points dropped, by reason", m.points_dropped.clone());
+        r.register(
+            "points_sampled_out",
+            "Query-level points folded into the aggregate by the sampler",
+            m.points_sampled_out.clone(),
+        );
+        r.register("queue_points", "Points waiting for export", m.queue_points.clone());
+        r.register("export_requests", "Export requests by outcome", m.export_requests.clone());
+        r.register("sampler_keys", "Statement keys the sampler remembers", m.sampler_keys.clone());
+        r.register(
+            "pipeline_latency_seconds",
+            "From row read to handed to the exporter",
+            m.pipeline_latency.clone(),
+        );
+        r.register("config_reloads", "Config reloads by outcome", m.config_reloads.clone());
+        r.register(
+            "config_last_reload_successful",
+            "1 when the last config load succeeded",
+            m.config_last_reload_ok.clone(),
+        );
+        r.register("config_version", "Config format version in use", m.config_version.clone());
+        r.register("sampler_rate", "Sampler keep rate per target", m.sampler_rate.clone());
+        m
+    }
+
+    /// Labels for a target.
+    pub fn target(name: &str) -> TargetLabel {
+        TargetLabel { target: name.to_owned() }
+    }
+
+    /// Counts dropped points.
+    pub fn dropped(&self, reason: DropReason, points: u64) {
+        self.points_dropped.get_or_create(&DropLabel { reason }).inc_by(points);
+    }
+}

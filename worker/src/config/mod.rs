@@ -255,14 +255,35 @@ pub struct Discover {
 }
 
 /// A value that must not be written into the config: read from a file or an
-/// environment variable each time it is needed.
+/// environment variable each time it is needed. Written `{ file: /path }` or
+/// `{ env: NAME }`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
+#[serde(try_from = "RawValueSource")]
 pub enum ValueSource {
     /// The whole content of a file, without a trailing newline.
     File(PathBuf),
     /// An environment variable's value.
     Env(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValueSource {
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+impl TryFrom<RawValueSource> for ValueSource {
+    type Error = &'static str;
+
+    fn try_from(raw: RawValueSource) -> Result<Self, Self::Error> {
+        match (raw.file, raw.env) {
+            (Some(file), None) => Ok(ValueSource::File(file)),
+            (None, Some(env)) if !env.is_empty() => Ok(ValueSource::Env(env)),
+            (None, Some(_)) => Err("env must name a variable"),
+            _ => Err("set exactly one of `file` or `env`"),
+        }
+    }
 }
 
 /// TLS from the worker to a database.
@@ -584,7 +605,13 @@ impl Config {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let line = inner.location().map(|l| l.line());
-            Error::Parse { path, message: strip_location(&inner.to_string()), line }
+            let message = strip_location(&inner.to_string());
+            // The YAML error may already start with the path; say it once.
+            let message = match message.split_once(": ") {
+                Some((head, rest)) if path.starts_with(head) => rest.to_owned(),
+                _ => message,
+            };
+            Error::Parse { path, message, line }
         })?;
         validate(&config)?;
         Ok(config)

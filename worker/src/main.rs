@@ -1,1 +1,109 @@
-fn main() {}
+//! The `dbcollector-worker` binary: parses arguments, sets up logging, runs the worker.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use dbcollector_worker::app::{Options, Worker};
+use dbcollector_worker::config::{Config, LogFormat};
+
+/// Collects PostgreSQL and MySQL/MariaDB metrics and exports them over OTLP.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The YAML config file (see docs/configuration.md). Reloaded when it changes or on
+    /// SIGHUP.
+    #[arg(short, long, env = "DBCOLLECTOR_CONFIG")]
+    config: PathBuf,
+    /// Check the config and exit: 0 when valid, 1 with the error otherwise.
+    #[arg(long)]
+    check: bool,
+    /// Names this worker in the `x-dbcollector-worker` export header. Default: the pod
+    /// name (POD_NAME), else the host name.
+    #[arg(long, env = "POD_NAME")]
+    worker_id: Option<String>,
+    /// How often the config file is checked for changes.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    reload_poll: Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!(
+                "dbcollector-worker: invalid config {}: {error}",
+                args.config.display()
+            );
+            std::process::exit(1);
+        }
+    };
+    if args.check {
+        println!(
+            "config {} is valid ({} targets)",
+            args.config.display(),
+            config.targets.len()
+        );
+        return Ok(());
+    }
+    init_logging(&config);
+    // rustls needs one process-wide crypto provider; both TLS clients use ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let worker_id = args.worker_id.unwrap_or_else(host_name);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let options = Options {
+            config_path: args.config,
+            worker_id,
+            reload_poll: args.reload_poll,
+        };
+        let worker = Worker::start(options).await?;
+        worker.run(shutdown_signal()).await;
+        anyhow::Ok(())
+    })
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.telemetry.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.telemetry.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Plain => builder.init(),
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "dbcollector-worker".to_owned())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

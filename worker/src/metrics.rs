@@ -42,12 +42,13 @@ pub struct Descriptor {
 
 impl Descriptor {
     /// A gauge descriptor.
-    pub const fn gauge(
-        name: &'static str,
-        unit: &'static str,
-        description: &'static str,
-    ) -> Self {
-        Self { name, unit, description, kind: Kind::Gauge }
+    pub const fn gauge(name: &'static str, unit: &'static str, description: &'static str) -> Self {
+        Self {
+            name,
+            unit,
+            description,
+            kind: Kind::Gauge,
+        }
     }
 
     /// A monotonic cumulative sum descriptor (a database counter).
@@ -56,26 +57,33 @@ impl Descriptor {
         unit: &'static str,
         description: &'static str,
     ) -> Self {
-        Self { name, unit, description, kind: Kind::CumulativeSum { monotonic: true } }
+        Self {
+            name,
+            unit,
+            description,
+            kind: Kind::CumulativeSum { monotonic: true },
+        }
     }
 
     /// A non-monotonic cumulative sum descriptor (e.g. a size that can shrink, reported
     /// as a sum by the reference receivers).
-    pub const fn updown(
-        name: &'static str,
-        unit: &'static str,
-        description: &'static str,
-    ) -> Self {
-        Self { name, unit, description, kind: Kind::CumulativeSum { monotonic: false } }
+    pub const fn updown(name: &'static str, unit: &'static str, description: &'static str) -> Self {
+        Self {
+            name,
+            unit,
+            description,
+            kind: Kind::CumulativeSum { monotonic: false },
+        }
     }
 
     /// A monotonic delta sum descriptor (a per-interval change).
-    pub const fn delta(
-        name: &'static str,
-        unit: &'static str,
-        description: &'static str,
-    ) -> Self {
-        Self { name, unit, description, kind: Kind::DeltaSum { monotonic: true } }
+    pub const fn delta(name: &'static str, unit: &'static str, description: &'static str) -> Self {
+        Self {
+            name,
+            unit,
+            description,
+            kind: Kind::DeltaSum { monotonic: true },
+        }
     }
 }
 
@@ -198,7 +206,12 @@ pub struct Batch {
 impl Batch {
     /// An empty batch for `target`.
     pub fn new(target: Arc<str>, resource: Arc<Resource>) -> Self {
-        Self { target, resource, points: Vec::new(), read_at: Instant::now() }
+        Self {
+            target,
+            resource,
+            points: Vec::new(),
+            read_at: Instant::now(),
+        }
     }
 }
 
@@ -255,7 +268,13 @@ impl<'a> PointSink<'a> {
         attrs: Attributes,
         start: u64,
     ) {
-        self.out.push(Point { desc, attrs, value, start_unix_nanos: start, time_unix_nanos: self.now });
+        self.out.push(Point {
+            desc,
+            attrs,
+            value,
+            start_unix_nanos: start,
+            time_unix_nanos: self.now,
+        });
     }
 }
 
@@ -266,7 +285,9 @@ pub fn unix_nanos_now() -> u64 {
 
 /// A system time in Unix nanoseconds (0 before the epoch).
 pub fn to_unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Builds [`Attributes`] from `key => value` pairs.

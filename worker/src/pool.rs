@@ -123,7 +123,18 @@ pub struct Endpoints {
 impl Endpoints {
     /// An empty registry using `settings` for every endpoint.
     pub fn new(settings: config::Connections, metrics: Arc<Metrics>) -> Self {
-        Self { settings, map: Mutex::new(HashMap::new()), metrics }
+        Self {
+            settings,
+            map: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// The pooling settings every pool of this registry gets. A receiver that creates
+    /// pools after its constructor (for databases it discovers) keeps a registry of its
+    /// own built from these, drawing on the endpoint it got from this one.
+    pub fn settings(&self) -> &config::Connections {
+        &self.settings
     }
 
     /// The endpoint for `host:port`, created with a budget of `databases + 1` capped at
@@ -140,7 +151,9 @@ impl Endpoints {
                     .unwrap_or(cap);
                 let server: Arc<str> = Arc::from(format!("{host}:{port}"));
                 Arc::new(Endpoint {
-                    label: ServerLabel { server: server.to_string() },
+                    label: ServerLabel {
+                        server: server.to_string(),
+                    },
                     server,
                     budget,
                     permits: Arc::new(Semaphore::new(budget as usize)),
@@ -278,14 +291,17 @@ impl<DB: Engine> DbPool<DB> {
 
     /// Re-reads the password and, when it changed, makes new connections use it.
     fn refresh_password(&self) -> Result<(), Error> {
-        let Some(source) = &self.password else { return Ok(()) };
+        let Some(source) = &self.password else {
+            return Ok(());
+        };
         let password = secret::read(source).map_err(|source| Error::Credentials {
             server: self.endpoint.server.clone(),
             source,
         })?;
         let mut last = self.last_password.lock().unwrap_or_else(|e| e.into_inner());
         if last.as_deref() != Some(password.as_str()) {
-            self.pool.set_connect_options(DB::with_password(&self.base, &password));
+            self.pool
+                .set_connect_options(DB::with_password(&self.base, &password));
             *last = Some(password);
         }
         Ok(())
@@ -317,7 +333,9 @@ impl<DB: Engine> Lease<DB> {
     /// The connection.
     pub fn conn(&mut self) -> &mut PoolConnection<DB> {
         // `conn` is only taken by `release` and `drop`, which consume the lease.
-        self.conn.as_mut().expect("lease holds a connection until released")
+        self.conn
+            .as_mut()
+            .expect("lease holds a connection until released")
     }
 
     /// Gives the connection back. A healthy one stays open for the next scrape unless the

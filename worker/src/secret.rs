@@ -34,8 +34,10 @@ pub enum Error {
 pub fn read(source: &ValueSource) -> Result<String, Error> {
     match source {
         ValueSource::File(path) => {
-            let mut value = std::fs::read_to_string(path)
-                .map_err(|source| Error::File { path: path.clone(), source })?;
+            let mut value = std::fs::read_to_string(path).map_err(|source| Error::File {
+                path: path.clone(),
+                source,
+            })?;
             while value.ends_with('\n') || value.ends_with('\r') {
                 value.pop();
             }
@@ -56,13 +58,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pw");
         std::fs::write(&path, "p@ss:w%rd#1;x=y?& \n").unwrap();
-        assert_eq!(read(&ValueSource::File(path)).unwrap(), "p@ss:w%rd#1;x=y?& ");
+        assert_eq!(
+            read(&ValueSource::File(path)).unwrap(),
+            "p@ss:w%rd#1;x=y?& "
+        );
     }
 
     #[test]
     fn missing_sources_name_the_source_not_the_value() {
         let err = read(&ValueSource::Env("DBCOLLECTOR_TEST_UNSET_VAR".into())).unwrap_err();
-        assert_eq!(err.to_string(), "environment variable DBCOLLECTOR_TEST_UNSET_VAR is not set");
+        assert_eq!(
+            err.to_string(),
+            "environment variable DBCOLLECTOR_TEST_UNSET_VAR is not set"
+        );
         let err = read(&ValueSource::File("/nonexistent/pw".into())).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/pw"));
     }

@@ -159,9 +159,17 @@ impl Metrics {
             sampler_rate: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("dbcollector");
-        r.register("scrape_duration_seconds", "Scrape duration", m.scrape_duration.clone());
+        r.register(
+            "scrape_duration_seconds",
+            "Scrape duration",
+            m.scrape_duration.clone(),
+        );
         r.register("scrapes", "Scrapes started", m.scrapes.clone());
-        r.register("scrape_errors", "Failed scrapes by kind", m.scrape_errors.clone());
+        r.register(
+            "scrape_errors",
+            "Failed scrapes by kind",
+            m.scrape_errors.clone(),
+        );
         r.register(
             "scrapes_skipped",
             "Ticks skipped while the previous scrape ran",
@@ -172,8 +180,16 @@ impl Metrics {
             "Scrapes not attempted, breaker open",
             m.scrapes_short_circuited.clone(),
         );
-        r.register("up", "1 when the last scrape of the target succeeded", m.up.clone());
-        r.register("connections_open", "Open database connections", m.connections_open.clone());
+        r.register(
+            "up",
+            "1 when the last scrape of the target succeeded",
+            m.up.clone(),
+        );
+        r.register(
+            "connections_open",
+            "Open database connections",
+            m.connections_open.clone(),
+        );
         r.register(
             "connections_opened",
             "Database connections opened",
@@ -189,40 +205,80 @@ impl Metrics {
             "1 per capability the target lacks",
             m.capability_missing.clone(),
         );
-        r.register("points_received", "Points produced by receivers", m.points_received.clone());
-        r.register("points_exported", "Points accepted by the receiver", m.points_exported.clone());
-        r.register("points_dropped", "Points dropped, by reason", m.points_dropped.clone());
+        r.register(
+            "points_received",
+            "Points produced by receivers",
+            m.points_received.clone(),
+        );
+        r.register(
+            "points_exported",
+            "Points accepted by the receiver",
+            m.points_exported.clone(),
+        );
+        r.register(
+            "points_dropped",
+            "Points dropped, by reason",
+            m.points_dropped.clone(),
+        );
         r.register(
             "points_sampled_out",
             "Query-level points folded into the aggregate by the sampler",
             m.points_sampled_out.clone(),
         );
-        r.register("queue_points", "Points waiting for export", m.queue_points.clone());
-        r.register("export_requests", "Export requests by outcome", m.export_requests.clone());
-        r.register("sampler_keys", "Statement keys the sampler remembers", m.sampler_keys.clone());
+        r.register(
+            "queue_points",
+            "Points waiting for export",
+            m.queue_points.clone(),
+        );
+        r.register(
+            "export_requests",
+            "Export requests by outcome",
+            m.export_requests.clone(),
+        );
+        r.register(
+            "sampler_keys",
+            "Statement keys the sampler remembers",
+            m.sampler_keys.clone(),
+        );
         r.register(
             "pipeline_latency_seconds",
             "From row read to handed to the exporter",
             m.pipeline_latency.clone(),
         );
-        r.register("config_reloads", "Config reloads by outcome", m.config_reloads.clone());
+        r.register(
+            "config_reloads",
+            "Config reloads by outcome",
+            m.config_reloads.clone(),
+        );
         r.register(
             "config_last_reload_successful",
             "1 when the last config load succeeded",
             m.config_last_reload_ok.clone(),
         );
-        r.register("config_version", "Config format version in use", m.config_version.clone());
-        r.register("sampler_rate", "Sampler keep rate per target", m.sampler_rate.clone());
+        r.register(
+            "config_version",
+            "Config format version in use",
+            m.config_version.clone(),
+        );
+        r.register(
+            "sampler_rate",
+            "Sampler keep rate per target",
+            m.sampler_rate.clone(),
+        );
         m
     }
 
     /// Labels for a target.
     pub fn target(name: &str) -> TargetLabel {
-        TargetLabel { target: name.to_owned() }
+        TargetLabel {
+            target: name.to_owned(),
+        }
     }
 
     /// Counts dropped points.
     pub fn dropped(&self, reason: DropReason, points: u64) {
-        self.points_dropped.get_or_create(&DropLabel { reason }).inc_by(points);
+        self.points_dropped
+            .get_or_create(&DropLabel { reason })
+            .inc_by(points);
     }
 }

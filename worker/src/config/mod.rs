@@ -142,7 +142,12 @@ pub struct Statements {
 
 impl Default for Statements {
     fn default() -> Self {
-        Self { enabled: true, top_n: 100, query_text: QueryText::None, max_text_length: 1024 }
+        Self {
+            enabled: true,
+            top_n: 100,
+            query_text: QueryText::None,
+            max_text_length: 1024,
+        }
     }
 }
 
@@ -414,7 +419,12 @@ pub struct Breaker {
 
 impl Default for Breaker {
     fn default() -> Self {
-        Self { failure_threshold: 3, base_open: None, max_open: None, max_entries: 100_000 }
+        Self {
+            failure_threshold: 3,
+            base_open: None,
+            max_open: None,
+            max_entries: 100_000,
+        }
     }
 }
 
@@ -547,7 +557,11 @@ pub struct Queue {
 
 impl Default for Queue {
     fn default() -> Self {
-        Self { max_points: 200_000, concurrency: 2, shutdown_timeout: Duration::from_secs(5) }
+        Self {
+            max_points: 200_000,
+            concurrency: 2,
+            shutdown_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -611,7 +625,11 @@ impl Config {
                 Some((head, rest)) if path.starts_with(head) => rest.to_owned(),
                 _ => message,
             };
-            Error::Parse { path, message, line }
+            Error::Parse {
+                path,
+                message,
+                line,
+            }
         })?;
         validate(&config)?;
         Ok(config)
@@ -622,8 +640,10 @@ impl Config {
     /// # Errors
     /// [`Error::Read`] when the file cannot be read, otherwise as [`Config::from_yaml`].
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::from_yaml(&text)
     }
 }

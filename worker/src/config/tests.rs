@@ -27,28 +27,44 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.exporter.protocol, Protocol::Grpc);
     assert_eq!(c.exporter.compression, Compression::Gzip);
     assert_eq!(c.connections.max_per_server, 10);
-    assert_eq!(c.targets[0].password, Some(ValueSource::Env("PGPASSWORD".into())));
+    assert_eq!(
+        c.targets[0].password,
+        Some(ValueSource::Env("PGPASSWORD".into()))
+    );
 }
 
 #[test]
 fn unknown_field_is_an_error_naming_its_path_and_line() {
     let text = MINIMAL.replace("    user: monitor", "    user: monitor\n    passwrd: x");
     let e = err(&text);
-    assert!(e.starts_with("targets[0].passwrd: unknown field `passwrd`"), "{e}");
+    assert!(
+        e.starts_with("targets[0].passwrd: unknown field `passwrd`"),
+        "{e}"
+    );
     assert!(e.contains("(line 10)"), "{e}");
 }
 
 #[test]
 fn wrong_enum_value_names_the_nested_field() {
-    let text = MINIMAL.replace("    user: monitor", "    user: monitor\n    tls: { mode: verify }");
+    let text = MINIMAL.replace(
+        "    user: monitor",
+        "    user: monitor\n    tls: { mode: verify }",
+    );
     let e = err(&text);
-    assert!(e.starts_with("targets[0].tls.mode: unknown variant `verify`"), "{e}");
+    assert!(
+        e.starts_with("targets[0].tls.mode: unknown variant `verify`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_duration_names_the_field() {
     let text = MINIMAL.replace("version: 1", "version: 1\ndefaults: { interval: soon }");
-    assert!(err(&text).starts_with("defaults.interval: "), "{}", err(&text));
+    assert!(
+        err(&text).starts_with("defaults.interval: "),
+        "{}",
+        err(&text)
+    );
 }
 
 #[test]
@@ -60,7 +76,10 @@ fn yaml_syntax_error_reports_the_line() {
 #[test]
 fn newer_format_is_reported_as_such() {
     let text = MINIMAL.replace("version: 1", "version: 2\nfuture_field: true");
-    assert_eq!(err(&text), "version: config format 2 is newer than this worker supports (1)");
+    assert_eq!(
+        err(&text),
+        "version: config format 2 is newer than this worker supports (1)"
+    );
 }
 
 #[test]
@@ -71,16 +90,22 @@ fn missing_version_is_an_error() {
 
 #[test]
 fn duplicate_target_names_are_refused() {
-    let text = format!(
-        "{MINIMAL}  - name: pg-main\n    engine: mysql\n    host: db\n    user: u\n"
+    let text =
+        format!("{MINIMAL}  - name: pg-main\n    engine: mysql\n    host: db\n    user: u\n");
+    assert_eq!(
+        err(&text),
+        "targets[1].name: duplicate target name \"pg-main\""
     );
-    assert_eq!(err(&text), "targets[1].name: duplicate target name \"pg-main\"");
 }
 
 #[test]
 fn invalid_target_name_is_refused() {
     let text = MINIMAL.replace("name: pg-main", "name: PG Main");
-    assert!(err(&text).starts_with("targets[0].name: must be 1 to 63"), "{}", err(&text));
+    assert!(
+        err(&text).starts_with("targets[0].name: must be 1 to 63"),
+        "{}",
+        err(&text)
+    );
 }
 
 #[test]
@@ -89,32 +114,52 @@ fn databases_and_discover_are_exclusive() {
         "    user: monitor",
         "    user: monitor\n    databases: [a]\n    discover: { include: ['*'] }",
     );
-    assert_eq!(err(&text), "targets[0].databases: set either databases or discover, not both");
+    assert_eq!(
+        err(&text),
+        "targets[0].databases: set either databases or discover, not both"
+    );
 }
 
 #[test]
 fn query_timeout_must_be_below_interval() {
     let text = MINIMAL.replace("    user: monitor", "    user: monitor\n    interval: 2s");
-    assert!(err(&text).starts_with("targets[0].query_timeout:"), "{}", err(&text));
+    assert!(
+        err(&text).starts_with("targets[0].query_timeout:"),
+        "{}",
+        err(&text)
+    );
 }
 
 #[test]
 fn verify_modes_need_a_ca_file() {
-    let text = MINIMAL.replace("    user: monitor", "    user: monitor\n    tls: { mode: verify-full }");
-    assert_eq!(err(&text), "targets[0].tls.ca_file: is required by verify-ca and verify-full");
+    let text = MINIMAL.replace(
+        "    user: monitor",
+        "    user: monitor\n    tls: { mode: verify-full }",
+    );
+    assert_eq!(
+        err(&text),
+        "targets[0].tls.ca_file: is required by verify-ca and verify-full"
+    );
 }
 
 #[test]
 fn exporter_endpoint_must_be_http_or_https() {
     let text = MINIMAL.replace("http://127.0.0.1:4317", "127.0.0.1:4317");
-    assert!(err(&text).starts_with("exporter.endpoint:"), "{}", err(&text));
+    assert!(
+        err(&text).starts_with("exporter.endpoint:"),
+        "{}",
+        err(&text)
+    );
 }
 
 #[test]
 fn exporter_endpoint_must_not_carry_credentials() {
     let text = MINIMAL.replace("http://127.0.0.1:4317", "http://user:secret@127.0.0.1:4317");
     let e = err(&text);
-    assert!(e.starts_with("exporter.endpoint: must not carry credentials"), "{e}");
+    assert!(
+        e.starts_with("exporter.endpoint: must not carry credentials"),
+        "{e}"
+    );
     assert!(!e.contains("secret"), "{e}");
 }
 
@@ -123,7 +168,11 @@ fn two_explicit_carriers_on_one_endpoint_are_refused() {
     let text = format!(
         "{MINIMAL}    server_wide: carrier\n  - name: pg-b\n    engine: postgresql\n    host: 127.0.0.1\n    user: u\n    server_wide: carrier\n"
     );
-    assert!(err(&text).starts_with("targets[1].server_wide:"), "{}", err(&text));
+    assert!(
+        err(&text).starts_with("targets[1].server_wide:"),
+        "{}",
+        err(&text)
+    );
 }
 
 #[test]
@@ -140,7 +189,11 @@ fn lowest_auto_name_carries_unless_a_carrier_is_named() {
     );
     let c = Config::from_yaml(&text).unwrap();
     let specs = crate::receivers::TargetSpec::resolve(&c);
-    let carriers: Vec<_> = specs.iter().filter(|s| s.carrier).map(|s| &*s.name).collect();
+    let carriers: Vec<_> = specs
+        .iter()
+        .filter(|s| s.carrier)
+        .map(|s| &*s.name)
+        .collect();
     assert_eq!(carriers, ["pg-a", "pg-other"]);
 
     let text = text.replace(
@@ -149,6 +202,24 @@ fn lowest_auto_name_carries_unless_a_carrier_is_named() {
     );
     let c = Config::from_yaml(&text).unwrap();
     let specs = crate::receivers::TargetSpec::resolve(&c);
-    let carriers: Vec<_> = specs.iter().filter(|s| s.carrier).map(|s| &*s.name).collect();
+    let carriers: Vec<_> = specs
+        .iter()
+        .filter(|s| s.carrier)
+        .map(|s| &*s.name)
+        .collect();
     assert_eq!(carriers, ["pg-main", "pg-other"]);
+}
+
+#[test]
+fn documented_example_config_is_valid() {
+    let text = include_str!("../../../docs/example-config.yaml");
+    let c = Config::from_yaml(text).unwrap();
+    assert_eq!(c.targets.len(), 3);
+    let specs = crate::receivers::TargetSpec::resolve(&c);
+    let carriers: Vec<_> = specs
+        .iter()
+        .filter(|s| s.carrier)
+        .map(|s| &*s.name)
+        .collect();
+    assert_eq!(carriers, ["orders-pg", "shop-mariadb"]);
 }

@@ -15,7 +15,10 @@ pub fn validate(config: &Config) -> Result<(), Error> {
     for (i, target) in config.targets.iter().enumerate() {
         let at = |field: &str| format!("targets[{i}].{field}");
         if !names.insert(target.name.as_str()) {
-            return invalid(at("name"), format!("duplicate target name {:?}", target.name));
+            return invalid(
+                at("name"),
+                format!("duplicate target name {:?}", target.name),
+            );
         }
         check_target(config, target, &at)?;
     }
@@ -49,7 +52,10 @@ pub fn validate(config: &Config) -> Result<(), Error> {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Result<(), Error> {
-    Err(Error::Invalid { field: field.into(), message: message.into() })
+    Err(Error::Invalid {
+        field: field.into(),
+        message: message.into(),
+    })
 }
 
 fn check_defaults(config: &Config) -> Result<(), Error> {
@@ -58,7 +64,10 @@ fn check_defaults(config: &Config) -> Result<(), Error> {
         return invalid("defaults.interval", "must be at least 1s");
     }
     if d.query_timeout.is_zero() || d.query_timeout >= d.interval {
-        return invalid("defaults.query_timeout", "must be above 0 and below defaults.interval");
+        return invalid(
+            "defaults.query_timeout",
+            "must be above 0 and below defaults.interval",
+        );
     }
     if d.connect_timeout.is_zero() {
         return invalid("defaults.connect_timeout", "must be above 0");
@@ -68,9 +77,14 @@ fn check_defaults(config: &Config) -> Result<(), Error> {
 
 fn check_target(config: &Config, t: &Target, at: &dyn Fn(&str) -> String) -> Result<(), Error> {
     let name_ok = (1..=63).contains(&t.name.len())
-        && t.name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'));
+        && t.name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-'));
     if !name_ok {
-        return invalid(at("name"), "must be 1 to 63 characters of a-z, 0-9, '_', '.', '-'");
+        return invalid(
+            at("name"),
+            "must be 1 to 63 characters of a-z, 0-9, '_', '.', '-'",
+        );
     }
     if t.host.trim().is_empty() {
         return invalid(at("host"), "must not be empty");
@@ -83,7 +97,10 @@ fn check_target(config: &Config, t: &Target, at: &dyn Fn(&str) -> String) -> Res
     }
     match (&t.databases, &t.discover) {
         (Some(_), Some(_)) => {
-            return invalid(at("databases"), "set either databases or discover, not both");
+            return invalid(
+                at("databases"),
+                "set either databases or discover, not both",
+            );
         }
         (Some(dbs), None) => {
             if dbs.is_empty() {
@@ -105,7 +122,10 @@ fn check_target(config: &Config, t: &Target, at: &dyn Fn(&str) -> String) -> Res
     }
     let timeout = t.query_timeout.unwrap_or(config.defaults.query_timeout);
     if timeout.is_zero() || timeout >= interval {
-        return invalid(at("query_timeout"), "must be above 0 and below the target's interval");
+        return invalid(
+            at("query_timeout"),
+            "must be above 0 and below the target's interval",
+        );
     }
     check_tls(t, at)
 }
@@ -115,13 +135,14 @@ fn check_tls(t: &Target, at: &dyn Fn(&str) -> String) -> Result<(), Error> {
     if tls.cert_file.is_some() != tls.key_file.is_some() {
         return invalid(at("tls.key_file"), "cert_file and key_file go together");
     }
-    if tls.mode == TlsMode::Disable
-        && (tls.ca_file.is_some() || tls.cert_file.is_some())
-    {
+    if tls.mode == TlsMode::Disable && (tls.ca_file.is_some() || tls.cert_file.is_some()) {
         return invalid(at("tls.mode"), "is disable but TLS files are set");
     }
     if matches!(tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && tls.ca_file.is_none() {
-        return invalid(at("tls.ca_file"), "is required by verify-ca and verify-full");
+        return invalid(
+            at("tls.ca_file"),
+            "is required by verify-ca and verify-full",
+        );
     }
     Ok(())
 }
@@ -161,7 +182,10 @@ fn check_exporter(config: &Config) -> Result<(), Error> {
         }
         Some("https") => {
             if e.tls.ca_file.is_none() {
-                return invalid("exporter.tls.ca_file", "is required for an https:// endpoint");
+                return invalid(
+                    "exporter.tls.ca_file",
+                    "is required for an https:// endpoint",
+                );
             }
         }
         _ => return invalid("exporter.endpoint", "must start with http:// or https://"),
@@ -170,17 +194,26 @@ fn check_exporter(config: &Config) -> Result<(), Error> {
         return invalid("exporter.endpoint", "has no host");
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return invalid("exporter.endpoint", "must not carry credentials; use exporter.headers");
+        return invalid(
+            "exporter.endpoint",
+            "must not carry credentials; use exporter.headers",
+        );
     }
     if e.protocol == Protocol::Grpc && uri.path() != "/" && !uri.path().is_empty() {
         return invalid("exporter.endpoint", "a gRPC endpoint takes no path");
     }
     if e.tls.cert_file.is_some() != e.tls.key_file.is_some() {
-        return invalid("exporter.tls.key_file", "cert_file and key_file go together");
+        return invalid(
+            "exporter.tls.key_file",
+            "cert_file and key_file go together",
+        );
     }
     for name in e.headers.keys() {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return invalid(format!("exporter.headers.{name}"), "is not a valid header name");
+            return invalid(
+                format!("exporter.headers.{name}"),
+                "is not a valid header name",
+            );
         }
     }
     if e.timeout.is_zero() {

@@ -1,0 +1,353 @@
+//! Wires the worker together and keeps it running: builds the pipeline from a config,
+//! applies reloads, and shuts down cleanly.
+//!
+//! A reload that changes only targets (or their defaults) starts and stops just the
+//! targets that changed; any other change rebuilds the pipeline (the exporter flushes
+//! first). A reload that fails to parse, or brings a newer format, keeps the last good
+//! config running and is reported in the log and in `dbcollector_config_*` metrics.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{self, Config, Engine};
+use crate::exporter::{Exporter, ExporterHandle};
+use crate::pipeline;
+use crate::pool::Endpoints;
+use crate::processors::breaker::Breakers;
+use crate::processors::statements::Statements;
+use crate::receivers::{mysql, postgres, Scrape, ScrapeError, TargetSpec};
+use crate::scheduler::{self, BoxFuture, Collect, Job, Shared};
+use crate::server::{self, Health};
+use crate::telemetry::{Metrics, ResultLabel};
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config is unusable.
+    #[error("config {path}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: config::Error,
+    },
+    /// The exporter could not be built from the config.
+    #[error("starting the exporter")]
+    Exporter(#[source] crate::exporter::Error),
+    /// The telemetry server could not listen.
+    #[error(transparent)]
+    Server(#[from] server::Error),
+}
+
+/// How the worker runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The config file; watched for changes.
+    pub config_path: PathBuf,
+    /// Names this worker in the `x-dbcollector-worker` export header and logs.
+    pub worker_id: String,
+    /// How often the config file is checked for changes.
+    pub reload_poll: Duration,
+}
+
+/// A running worker.
+pub struct Worker {
+    options: Options,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    config: Config,
+    generation: Generation,
+    cancel: CancellationToken,
+    /// The bound telemetry address.
+    pub telemetry_addr: std::net::SocketAddr,
+}
+
+/// Everything built from one config, except the targets' own settings.
+struct Generation {
+    endpoints: Arc<Endpoints>,
+    exporter: ExporterHandle,
+    pool: pipeline::Pool,
+    shared: Shared,
+    targets: HashMap<Arc<str>, Running>,
+}
+
+struct Running {
+    spec: Arc<TargetSpec>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Worker {
+    /// Loads the config, starts the telemetry server and the pipeline.
+    ///
+    /// # Errors
+    /// When the config is invalid, the exporter cannot be built or the telemetry address
+    /// cannot be bound.
+    pub async fn start(options: Options) -> Result<Self, Error> {
+        let config = Config::load(&options.config_path).map_err(|source| Error::Config {
+            path: options.config_path.clone(),
+            source,
+        })?;
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let health = Arc::new(Health {
+            registry,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        });
+        let cancel = CancellationToken::new();
+        let telemetry_addr =
+            server::start(config.telemetry.listen, health.clone(), cancel.clone()).await?;
+        let generation = Generation::start(&config, &options, metrics.clone())?;
+        metrics.config_last_reload_ok.set(1);
+        metrics.config_version.set(i64::from(config.version));
+        health.ready.store(true, Ordering::Release);
+        info!(
+            worker = %options.worker_id,
+            targets = config.targets.len(),
+            telemetry = %telemetry_addr,
+            "worker started"
+        );
+        Ok(Self {
+            options,
+            health,
+            metrics,
+            config,
+            generation,
+            cancel,
+            telemetry_addr,
+        })
+    }
+
+    /// Runs until `shutdown` resolves, reloading the config when the file changes or
+    /// on SIGHUP; then stops the targets and flushes the exporter.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut last = std::fs::read(&self.options.config_path).ok();
+        let mut poll = tokio::time::interval(self.options.reload_poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hangup = hangup_signal();
+        loop {
+            let forced = tokio::select! {
+                () = &mut shutdown => break,
+                _ = poll.tick() => false,
+                Some(()) = hangup.recv() => true,
+            };
+            let current = std::fs::read(&self.options.config_path).ok();
+            if forced || (current.is_some() && current != last) {
+                last = current;
+                self.reload().await;
+            }
+        }
+        info!("shutting down");
+        self.health.ready.store(false, Ordering::Release);
+        self.generation.stop().await;
+        self.cancel.cancel();
+        info!("worker stopped");
+    }
+
+    /// Applies the config file's current content, or keeps the running one.
+    pub async fn reload(&mut self) {
+        let new = match Config::load(&self.options.config_path) {
+            Ok(new) => new,
+            Err(error) => {
+                error!(
+                    error = &error as &dyn std::error::Error,
+                    "config reload refused; the last good config keeps running"
+                );
+                self.reloaded(false);
+                return;
+            }
+        };
+        if new == self.config {
+            return;
+        }
+        if new.telemetry.listen != self.config.telemetry.listen {
+            warn!("telemetry.listen changed; it takes effect at the next restart");
+        }
+        if without_targets(&new) == without_targets(&self.config) {
+            self.generation.apply_targets(&new);
+        } else {
+            match Generation::start(&new, &self.options, self.metrics.clone()) {
+                Ok(next) => {
+                    let old = std::mem::replace(&mut self.generation, next);
+                    old.stop().await;
+                }
+                Err(error) => {
+                    error!(
+                        error = &error as &dyn std::error::Error,
+                        "config reload refused; the last good config keeps running"
+                    );
+                    self.reloaded(false);
+                    return;
+                }
+            }
+        }
+        info!(targets = new.targets.len(), "config reloaded");
+        self.metrics.config_version.set(i64::from(new.version));
+        self.config = new;
+        self.reloaded(true);
+    }
+
+    fn reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.metrics
+            .config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        self.metrics.config_last_reload_ok.set(i64::from(ok));
+    }
+
+    /// The worker's self-metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+/// The parts of a config that need a pipeline rebuild when they change.
+fn without_targets(config: &Config) -> Config {
+    Config {
+        targets: Vec::new(),
+        defaults: config::Defaults::default(),
+        ..config.clone()
+    }
+}
+
+impl Generation {
+    fn start(config: &Config, options: &Options, metrics: Arc<Metrics>) -> Result<Self, Error> {
+        let exporter = Exporter::start(&config.exporter, &options.worker_id, metrics.clone())
+            .map_err(Error::Exporter)?;
+        let capacity = config
+            .pipeline
+            .channel_capacity
+            .map_or(pipeline::DEFAULT_CHANNEL_CAPACITY, |c| c as usize);
+        let (jobs, rx) = mpsc::channel::<Job>(capacity);
+        let statements = Arc::new(Statements::new(&config.pipeline.sampler, metrics.clone()));
+        let pool = pipeline::Pool::start(
+            config.pipeline.workers as usize,
+            rx,
+            statements,
+            exporter.clone(),
+            config.pipeline.batch.max_points as usize,
+            metrics.clone(),
+        );
+        let shared = Shared {
+            breakers: Arc::new(Breakers::new(&config.pipeline.breaker, metrics.clone())),
+            metrics: metrics.clone(),
+            jobs,
+        };
+        let endpoints = Arc::new(Endpoints::new(config.connections.clone(), metrics));
+        let mut generation = Self {
+            endpoints,
+            exporter,
+            pool,
+            shared,
+            targets: HashMap::new(),
+        };
+        generation.apply_targets(config);
+        Ok(generation)
+    }
+
+    /// Starts targets that are new or changed, stops those that left or changed.
+    fn apply_targets(&mut self, config: &Config) {
+        let wanted: HashMap<Arc<str>, Arc<TargetSpec>> = TargetSpec::resolve(config)
+            .into_iter()
+            .map(|s| (s.name.clone(), Arc::new(s)))
+            .collect();
+        self.targets.retain(|name, running| {
+            let keep = wanted.get(name).is_some_and(|w| *w == running.spec);
+            if !keep {
+                running.cancel.cancel();
+            }
+            keep
+        });
+        for (name, spec) in wanted {
+            if self.targets.contains_key(&name) {
+                continue;
+            }
+            let cancel = CancellationToken::new();
+            let collector = collector(&spec, &self.endpoints, self.shared.metrics.clone());
+            let task = tokio::spawn(scheduler::run_target(
+                spec.clone(),
+                collector,
+                self.shared.clone(),
+                cancel.clone(),
+            ));
+            self.targets.insert(name, Running { spec, cancel, task });
+        }
+    }
+
+    /// Stops every target (in-flight scrapes finish), drains processing and flushes the
+    /// exporter within its shutdown deadline.
+    async fn stop(self) {
+        let Generation {
+            exporter,
+            pool,
+            shared,
+            targets,
+            ..
+        } = self;
+        for running in targets.values() {
+            running.cancel.cancel();
+        }
+        for (_, running) in targets {
+            let _ = running.task.await;
+        }
+        drop(shared);
+        pool.join().await;
+        exporter.shutdown().await;
+    }
+}
+
+/// The engine's collector behind the scheduler's interface.
+fn collector(spec: &TargetSpec, endpoints: &Endpoints, metrics: Arc<Metrics>) -> Box<dyn Collect> {
+    match spec.engine {
+        Engine::Postgresql => Box::new(postgres::Collector::new(spec.clone(), endpoints, metrics)),
+        Engine::Mysql => Box::new(mysql::Collector::new(spec.clone(), endpoints, metrics)),
+    }
+}
+
+impl Collect for postgres::Collector {
+    fn scrape(&mut self) -> BoxFuture<'_, Result<Scrape, ScrapeError>> {
+        Box::pin(postgres::Collector::scrape(self))
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(postgres::Collector::close(self))
+    }
+}
+
+impl Collect for mysql::Collector {
+    fn scrape(&mut self) -> BoxFuture<'_, Result<Scrape, ScrapeError>> {
+        Box::pin(mysql::Collector::scrape(self))
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(mysql::Collector::close(self))
+    }
+}
+
+#[cfg(unix)]
+fn hangup_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut sig) => {
+            tokio::spawn(async move {
+                while sig.recv().await.is_some() {
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(error) => warn!(%error, "SIGHUP reload unavailable; the file is still polled"),
+    }
+    rx
+}

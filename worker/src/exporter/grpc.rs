@@ -1,0 +1,120 @@
+//! OTLP/gRPC transport: a lazily connected tonic channel to `exporter.endpoint`.
+
+use std::error::Error as _;
+
+use http::HeaderMap;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use tonic::codec::CompressionEncoding;
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::retry::{grpc_class, retry_info};
+use super::tls::TlsFiles;
+use super::{Accepted, Error, Failure, SendError, Transport};
+use crate::config;
+
+/// Sends requests as unary `MetricsService/Export` calls.
+#[derive(Debug)]
+pub(crate) struct Client {
+    client: MetricsServiceClient<Channel>,
+}
+
+impl Client {
+    /// Builds the channel; it connects at the first request and reconnects by itself.
+    ///
+    /// # Errors
+    /// [`Error::Endpoint`] for a URL tonic refuses, [`Error::Tls`] for TLS settings it
+    /// refuses.
+    pub(crate) fn new(config: &config::Exporter, tls: &TlsFiles) -> Result<Self, Error> {
+        let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|source| Error::Endpoint {
+                endpoint: config.endpoint.clone(),
+                source: Box::new(source),
+            })?
+            // The per-request deadline, sent as `grpc-timeout` and enforced locally.
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout);
+
+        if endpoint.uri().scheme_str() == Some("https") {
+            let mut tls_config = ClientTlsConfig::new();
+            if let Some(ca) = &tls.ca {
+                tls_config = tls_config.ca_certificate(Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &tls.identity {
+                tls_config = tls_config.identity(Identity::from_pem(cert, key));
+            }
+            endpoint = endpoint
+                .tls_config(tls_config)
+                .map_err(|source| Error::Tls {
+                    source: Box::new(source),
+                })?;
+        }
+
+        let mut client = MetricsServiceClient::new(endpoint.connect_lazy());
+        if config.compression == config::Compression::Gzip {
+            client = client
+                .send_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Gzip);
+        }
+        Ok(Self { client })
+    }
+}
+
+impl Transport for Client {
+    // tonic encodes (and compresses) the message itself, so a retry clones the message.
+    type Prepared = ExportMetricsServiceRequest;
+
+    fn prepare(&self, request: ExportMetricsServiceRequest) -> Self::Prepared {
+        request
+    }
+
+    async fn export(
+        &self,
+        request: &ExportMetricsServiceRequest,
+        headers: &HeaderMap,
+    ) -> Result<Accepted, Failure> {
+        let mut call = tonic::Request::new(request.clone());
+        *call.metadata_mut() = MetadataMap::from_headers(headers.clone());
+
+        // A clone shares the channel; `export` needs `&mut` only for readiness.
+        let mut client = self.client.clone();
+        match client.export(call).await {
+            Ok(response) => {
+                let partial = response.into_inner().partial_success.unwrap_or_default();
+                Ok(Accepted {
+                    rejected: u64::try_from(partial.rejected_data_points).unwrap_or(0),
+                    message: partial.error_message,
+                })
+            }
+            Err(status) => {
+                let hint = retry_info(status.details());
+                Err(Failure {
+                    class: grpc_class(status.code(), hint),
+                    retry_after: hint,
+                    error: SendError::Grpc {
+                        code: status.code(),
+                        message: describe(&status),
+                    },
+                })
+            }
+        }
+    }
+}
+
+/// The status message, followed by the transport error behind it when there is one
+/// (tonic reports a refused connection as `UNAVAILABLE` with the I/O error as source).
+fn describe(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut source = status.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // tonic often repeats its source's text in the message.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -336,31 +336,30 @@ fn mariadbd() -> anyhow::Result<PathBuf> {
 /// A pristine data directory in `<dir>/data`, made once per test process and copied for
 /// each server: copying takes a fraction of the time `mariadb-install-db` takes.
 ///
-/// The directory outlives the process (statics are not dropped); the next test process
-/// removes it (see `process::server_dir`).
+/// Removed when the test process exits (see `process::template_dir`).
 async fn template(user: Option<ServiceUser>) -> anyhow::Result<&'static Path> {
-    static TEMPLATE: OnceCell<TempDir> = OnceCell::const_new();
+    static TEMPLATE: OnceCell<PathBuf> = OnceCell::const_new();
     let dir = TEMPLATE
         .get_or_try_init(|| async {
-            let dir = process::server_dir("mariadb-template", user)?;
+            let dir = process::template_dir("mariadb-template", user)?;
             install_db(&dir, user).await?;
             Ok::<_, anyhow::Error>(dir)
         })
         .await?;
-    Ok(dir.path())
+    Ok(dir)
 }
 
 /// Creates the system tables in `<dir>/data`, with a password-less `root`.
-async fn install_db(dir: &TempDir, user: Option<ServiceUser>) -> anyhow::Result<()> {
+async fn install_db(dir: &Path, user: Option<ServiceUser>) -> anyhow::Result<()> {
     let mut cmd = tokio::process::Command::new("mariadb-install-db");
     cmd.arg("--no-defaults")
-        .arg(format!("--datadir={}", dir.path().join("data").display()))
+        .arg(format!("--datadir={}", dir.join("data").display()))
         .args(user.map(|_| format!("--user={SYSTEM_USER}")))
         .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
         .arg("--skip-name-resolve")
         // Passed on to the bootstrap server: same InnoDB sizes as the real runs.
         .args(["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=8M"])
-        .current_dir(dir.path());
+        .current_dir(dir);
     process::run_to_completion(cmd, "mariadb-install-db").await
 }
 

@@ -85,7 +85,6 @@ impl PgServer {
             &dir.path().join("data"),
         )
         .await?;
-        tracing::debug!(elapsed = ?started.elapsed(), "TIMING copy");
         write_config(dir.path(), &opts)?;
 
         let log = dir.path().join("server.log");
@@ -109,7 +108,6 @@ impl PgServer {
             }
         }
 
-        tracing::debug!(elapsed = ?started.elapsed(), "TIMING run");
         if server.opts.create_pg_stat_statements {
             server.create_pg_stat_statements().await?;
         }
@@ -362,18 +360,17 @@ fn bin_dir() -> anyhow::Result<PathBuf> {
 /// A pristine cluster in `<dir>/data`, made once per test process and copied for each
 /// server: copying takes a fraction of the time `initdb` takes.
 ///
-/// The directory outlives the process (statics are not dropped); the next test process
-/// removes it (see `process::server_dir`).
+/// Removed when the test process exits (see `process::template_dir`).
 async fn template(bin_dir: &Path, user: Option<ServiceUser>) -> anyhow::Result<&'static Path> {
-    static TEMPLATE: OnceCell<TempDir> = OnceCell::const_new();
+    static TEMPLATE: OnceCell<PathBuf> = OnceCell::const_new();
     let dir = TEMPLATE
         .get_or_try_init(|| async {
-            let dir = process::server_dir("pg-template", user)?;
-            initdb(bin_dir, dir.path(), user).await?;
+            let dir = process::template_dir("pg-template", user)?;
+            initdb(bin_dir, &dir, user).await?;
             Ok::<_, anyhow::Error>(dir)
         })
         .await?;
-    Ok(dir.path())
+    Ok(dir)
 }
 
 async fn initdb(bin_dir: &Path, dir: &Path, user: Option<ServiceUser>) -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Once, OnceLock};
+use std::sync::{mpsc, Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -375,15 +375,73 @@ pub(crate) fn server_dir(kind: &str, owner: Option<ServiceUser>) -> anyhow::Resu
     static SWEEP: Once = Once::new();
     SWEEP.call_once(sweep_stale_dirs);
 
+    let base = base_dir();
     let dir = tempfile::Builder::new()
         .prefix(&format!("{DIR_PREFIX}{kind}-"))
-        .tempdir()
-        .context("creating a server directory")?;
+        .tempdir_in(base)
+        .with_context(|| format!("creating a server directory in {}", base.display()))?;
     fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
         .context("writing the owner file")?;
     if let Some(user) = owner {
         chown(dir.path(), user)?;
     }
+    Ok(dir)
+}
+
+/// Where server directories go: `$DBCOLLECTOR_TEST_DIR`, else `/dev/shm` when it has at
+/// least 2 GiB free, else the system temporary directory.
+///
+/// Keeping servers in memory makes starts several times faster on slow disks (copying a
+/// fresh PostgreSQL cluster: 0.05 s on tmpfs, 0.4 s on a VM disk). Small `/dev/shm`s, like
+/// Docker's 64 MiB default, are skipped: PostgreSQL also needs room there for its dynamic
+/// shared memory.
+fn base_dir() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("DBCOLLECTOR_TEST_DIR") {
+            return PathBuf::from(dir);
+        }
+        let shm = Path::new("/dev/shm");
+        if free_bytes(shm).is_some_and(|free| free >= 2 << 30) {
+            return shm.to_path_buf();
+        }
+        std::env::temp_dir()
+    })
+}
+
+/// Bytes available to unprivileged users on the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs is plain data, written by the call; the path is NUL-terminated.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+}
+
+/// Creates a directory for a template that is shared by every server of this process:
+/// like [`server_dir`], but kept until the process exits normally (and swept by the next
+/// process otherwise).
+pub(crate) fn template_dir(kind: &str, owner: Option<ServiceUser>) -> anyhow::Result<PathBuf> {
+    static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static REGISTER: Once = Once::new();
+
+    extern "C" fn remove_templates() {
+        let dirs = std::mem::take(&mut *DIRS.lock().unwrap_or_else(|p| p.into_inner()));
+        for dir in dirs {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+
+    REGISTER.call_once(|| {
+        // SAFETY: registers a plain function that cannot unwind; it runs at normal exit.
+        unsafe { libc::atexit(remove_templates) };
+    });
+    let dir = server_dir(kind, owner)?.keep();
+    DIRS.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(dir.clone());
     Ok(dir)
 }
 
@@ -396,9 +454,11 @@ pub(crate) fn chown(path: &Path, user: ServiceUser) -> anyhow::Result<()> {
 /// Removes server directories whose owning test process is gone (it was killed before its
 /// servers' `Drop` could run).
 fn sweep_stale_dirs() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
+    let bases = [base_dir().to_path_buf(), std::env::temp_dir()];
+    let entries = bases
+        .iter()
+        .filter_map(|base| fs::read_dir(base).ok())
+        .flatten();
     for entry in entries.flatten() {
         if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
             continue;

@@ -508,16 +508,3 @@ fn attribute(key: &str, value: any_value::Value) -> KeyValue {
         value: Some(AnyValue { value: Some(value) }),
     }
 }
-
-#[tokio::test]
-async fn zz_timing() -> anyhow::Result<()> {
-    init_tracing();
-    for _ in 0..3 {
-        let t = Instant::now();
-        let pg = PgServer::start(PgOptions::default()).await?;
-        let a = t.elapsed();
-        drop(pg);
-        eprintln!("pg start {a:?} start+drop {:?}", t.elapsed());
-    }
-    Ok(())
-}

@@ -573,6 +573,40 @@ async fn discovery_skips_templates_and_databases_that_refuse_connections() -> an
 }
 
 #[tokio::test]
+async fn a_listed_database_that_refuses_the_role_is_reported_and_not_retried_every_interval(
+) -> anyhow::Result<()> {
+    let server = shared().await;
+    let (mut collector, metrics) = new_collector(spec(
+        "refused",
+        server.port(),
+        listed(&["postgres", "listed_missing"]),
+        "postgres",
+        false,
+    ));
+
+    for _ in 0..3 {
+        let scrape = collector.scrape().await?;
+        let postgres = [("postgresql.database.name", "postgres")];
+        assert!(value(&scrape, "postgresql.table.count", &postgres).is_some());
+    }
+
+    assert_eq!(
+        capability_missing(&metrics, "refused", "database_connect"),
+        1
+    );
+    let attempts = server
+        .log()
+        .matches("\"listed_missing\" does not exist")
+        .count();
+    assert_eq!(
+        attempts, 1,
+        "one refusal, then left alone until the slow timer"
+    );
+    collector.close().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_password_with_url_special_characters_logs_in_and_is_never_echoed() -> anyhow::Result<()>
 {
     let server = shared().await;

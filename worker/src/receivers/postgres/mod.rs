@@ -192,7 +192,8 @@ pub struct Collector {
 impl Collector {
     /// One collector per target. Creates (lazily connecting) one pool per monitored
     /// database, drawing on the endpoint's connection budget; discovered databases get
-    /// theirs when discovery finds them.
+    /// theirs when discovery finds them. Must run inside a Tokio runtime (the pools start
+    /// their maintenance tasks).
     pub fn new(spec: TargetSpec, endpoints: &Endpoints, metrics: Arc<Metrics>) -> Self {
         let mut names: Vec<Arc<str>> = match &spec.databases {
             Databases::Listed(list) => {
@@ -874,6 +875,15 @@ mod tests {
             10,
             "discovery gets the per-server cap"
         );
+    }
+
+    #[tokio::test]
+    async fn a_scrape_can_be_spawned_on_a_multi_threaded_runtime() {
+        fn is_send<T: Send>(_: &T) {}
+        let metrics = Arc::new(Metrics::unregistered());
+        let endpoints = Endpoints::new(Default::default(), metrics.clone());
+        let mut collector = Collector::new(spec(Databases::Listed(vec![])), &endpoints, metrics);
+        is_send(&collector.scrape());
     }
 
     #[tokio::test]

@@ -51,6 +51,13 @@ impl Default for PgOptions {
 /// The superuser `postgres` logs in over TCP without a password; every other role must
 /// present its password (SCRAM). Dropping the server shuts it down immediately and removes
 /// its directory.
+///
+/// # Caveats
+///
+/// `pg_stat_statements` is updated before a statement's reply, but the cumulative
+/// statistics (`pg_stat_database`, `pg_stat_user_tables`, ...) are flushed by each backend
+/// later, after up to seconds: call `pg_stat_force_next_flush()` in the session that did
+/// the work, or poll with [`crate::eventually`].
 #[derive(Debug)]
 pub struct PgServer {
     opts: PgOptions,

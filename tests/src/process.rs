@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 /// owns the directory.
 const OWNER_FILE: &str = "harness.pid";
 
-/// Prefix of every server directory in the system temporary directory.
+/// Prefix of every server directory (see [`base_dir`]).
 const DIR_PREFIX: &str = "dbcollector-";
 
 /// An unprivileged system account a server runs as when the harness runs as root
@@ -417,7 +417,7 @@ fn free_bytes(path: &Path) -> Option<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
         return None;
     }
-    Some(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Creates a directory for a template that is shared by every server of this process:

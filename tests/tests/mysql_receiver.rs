@@ -392,12 +392,6 @@ async fn mariadb_target_reports_status_io_waits_and_digests_under_the_mariadb_fl
     );
 
     target.collector.close().await;
-    let rows: Vec<(i64, String, String, Option<String>, Option<String>)> =
-        sqlx::query_as("SELECT ID, USER, COMMAND, STATE, INFO FROM information_schema.PROCESSLIST")
-            .fetch_all(&admin)
-            .await
-            .unwrap();
-    eprintln!("DEBUG {rows:#?}");
     // The server drops the session shortly after the client quits.
     eventually("the monitoring session ends on close", WAIT, || async {
         Ok((sessions_of(&admin, "monitor").await == 0).then_some(()))

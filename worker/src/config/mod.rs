@@ -91,9 +91,10 @@ pub struct Defaults {
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Deadline of one query, enforced by the server (statement timeout) and by the
-    /// worker. Default `5s`; must be shorter than the interval.
-    #[serde(with = "humantime_serde")]
-    pub query_timeout: Duration,
+    /// worker. Default: `5s`, or half the target's interval when that is shorter; must be
+    /// shorter than the interval.
+    #[serde(default, with = "humantime_serde")]
+    pub query_timeout: Option<Duration>,
     /// Deadline to open a connection (TCP, TLS and authentication). Default `5s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -112,7 +113,7 @@ impl Default for Defaults {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(30),
-            query_timeout: Duration::from_secs(5),
+            query_timeout: None,
             connect_timeout: Duration::from_secs(5),
             lock_timeout: Duration::from_secs(1),
             relation_limit: 1000,
@@ -596,6 +597,14 @@ pub enum LogFormat {
     Plain,
     /// One JSON object per line.
     Json,
+}
+
+impl Defaults {
+    /// The query timeout for a target scraped every `interval`.
+    pub fn query_timeout_for(&self, interval: Duration) -> Duration {
+        self.query_timeout
+            .unwrap_or_else(|| Duration::from_secs(5).min(interval / 2))
+    }
 }
 
 impl Target {

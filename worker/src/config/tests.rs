@@ -122,7 +122,10 @@ fn databases_and_discover_are_exclusive() {
 
 #[test]
 fn query_timeout_must_be_below_interval() {
-    let text = MINIMAL.replace("    user: monitor", "    user: monitor\n    interval: 2s");
+    let text = MINIMAL.replace(
+        "    user: monitor",
+        "    user: monitor\n    interval: 2s\n    query_timeout: 2s",
+    );
     assert!(
         err(&text).starts_with("targets[0].query_timeout:"),
         "{}",
@@ -222,4 +225,12 @@ fn documented_example_config_is_valid() {
         .map(|s| &*s.name)
         .collect();
     assert_eq!(carriers, ["orders-pg", "shop-mariadb"]);
+}
+
+#[test]
+fn default_query_timeout_follows_a_short_interval() {
+    let text = MINIMAL.replace("    user: monitor", "    user: monitor\n    interval: 2s");
+    let c = Config::from_yaml(&text).unwrap();
+    let specs = crate::receivers::TargetSpec::resolve(&c);
+    assert_eq!(specs[0].query_timeout, Duration::from_secs(1));
 }

@@ -63,7 +63,9 @@ fn check_defaults(config: &Config) -> Result<(), Error> {
     if d.interval < Duration::from_secs(1) {
         return invalid("defaults.interval", "must be at least 1s");
     }
-    if d.query_timeout.is_zero() || d.query_timeout >= d.interval {
+    if d.query_timeout
+        .is_some_and(|t| t.is_zero() || t >= d.interval)
+    {
         return invalid(
             "defaults.query_timeout",
             "must be above 0 and below defaults.interval",
@@ -120,7 +122,9 @@ fn check_target(config: &Config, t: &Target, at: &dyn Fn(&str) -> String) -> Res
     if interval < Duration::from_secs(1) {
         return invalid(at("interval"), "must be at least 1s");
     }
-    let timeout = t.query_timeout.unwrap_or(config.defaults.query_timeout);
+    let timeout = t
+        .query_timeout
+        .unwrap_or_else(|| config.defaults.query_timeout_for(interval));
     if timeout.is_zero() || timeout >= interval {
         return invalid(
             at("query_timeout"),

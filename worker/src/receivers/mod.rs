@@ -245,7 +245,9 @@ impl TargetSpec {
                     password: t.password.clone(),
                     tls: t.tls.clone(),
                     interval: t.interval.unwrap_or(d.interval),
-                    query_timeout: t.query_timeout.unwrap_or(d.query_timeout),
+                    query_timeout: t
+                        .query_timeout
+                        .unwrap_or_else(|| d.query_timeout_for(t.interval.unwrap_or(d.interval))),
                     connect_timeout: d.connect_timeout,
                     lock_timeout: d.lock_timeout,
                     relation_limit: t.relation_limit.unwrap_or(d.relation_limit),

@@ -436,7 +436,7 @@ pub(crate) async fn wal(s: &mut Session) -> Result<WalRow, SessionError> {
 /// no current WAL position (`pg_current_wal_lsn` fails during recovery), so it measures
 /// from what it received.
 const REPLICATION_SQL: &str = "\
-SELECT coalesce(client_addr::text, 'unix') AS client,
+SELECT coalesce(host(client_addr), 'unix') AS client,
        coalesce(application_name, '') AS application,
        pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
                             ELSE pg_current_wal_lsn() END, replay_lsn)::int8 AS data_delay_bytes,

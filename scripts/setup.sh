@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs on Debian bookworm, as root: PostgreSQL (with
+# pg_stat_statements), MariaDB and python3; checks for cargo. Idempotent, and quick when
+# everything is there: apt is only used for what is missing. The system database services
+# are not started: the tests start throwaway servers of their own.
+set -euo pipefail
+
+missing=()
+
+# PostgreSQL: the server binaries and the pg_stat_statements module (in postgresql-15 on
+# bookworm; postgresql-contrib is the metapackage that guarantees it elsewhere).
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ||
+    ! compgen -G '/usr/lib/postgresql/*/lib/pg_stat_statements.so' >/dev/null; then
+    missing+=(postgresql postgresql-contrib)
+fi
+
+if ! test -x /usr/sbin/mariadbd || ! command -v mariadb-install-db >/dev/null; then
+    missing+=(mariadb-server)
+fi
+
+if ! command -v python3 >/dev/null; then
+    missing+=(python3)
+fi
+
+if ((${#missing[@]} > 0)); then
+    if ((EUID != 0)); then
+        echo "setup.sh: missing packages: ${missing[*]}; run this script as root" >&2
+        exit 1
+    fi
+    echo "setup.sh: installing ${missing[*]}"
+
+    # Keep the packages' maintainer scripts from starting the services, unless a policy
+    # is already in place.
+    policy=/usr/sbin/policy-rc.d
+    if ! test -e "$policy"; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
+
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# The harness runs the servers as these accounts when the tests run as root.
+for user in postgres mysql; do
+    if ! id "$user" >/dev/null 2>&1; then
+        echo "setup.sh: system user $user is missing; reinstall its server package" >&2
+        exit 1
+    fi
+done
+
+if ! command -v cargo >/dev/null; then
+    echo "setup.sh: cargo not found; install Rust >= 1.85 (https://rustup.rs)" >&2
+    exit 1
+fi
+
+echo "setup.sh: ready ($(cargo --version))"

@@ -9,9 +9,9 @@ use dbcollector_tests::{
     eventually, init_tracing, Blackhole, Fault, Kind, MariaDbOptions, MariaDbServer, OtlpOptions,
     OtlpReceiver, Outcome, PgOptions, PgServer, Protocol, Temporality,
 };
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    metrics_service_client::MetricsServiceClient, ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -244,6 +244,32 @@ async fn mariadb_fills_performance_schema_and_survives_crash_and_restart() -> an
 }
 
 #[tokio::test]
+async fn failed_starts_report_the_server_log() -> anyhow::Result<()> {
+    let pg = PgServer::start(PgOptions {
+        extra_conf: vec!["shared_buffers = 'plenty'".into()],
+        ..PgOptions::default()
+    })
+    .await;
+    let message = format!(
+        "{:#}",
+        pg.expect_err("postgres started with a broken setting")
+    );
+    assert!(message.contains("shared_buffers"), "{message}");
+
+    let db = MariaDbServer::start(MariaDbOptions {
+        extra_args: vec!["--no-such-option=1".into()],
+        ..MariaDbOptions::default()
+    })
+    .await;
+    let message = format!(
+        "{:#}",
+        db.expect_err("mariadb started with an unknown option")
+    );
+    assert!(message.contains("no-such-option"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn otlp_receiver_decodes_gzipped_grpc_exports_with_their_metadata() -> anyhow::Result<()> {
     init_tracing();
     let receiver = OtlpReceiver::start(OtlpOptions::default()).await?;
@@ -403,6 +429,31 @@ async fn otlp_receiver_injects_refusals_partial_success_and_delays() -> anyhow::
         message.contains("timed out") && message.contains("db.calls"),
         "{message}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn otlp_receiver_comes_back_on_the_ports_of_a_dropped_one() -> anyhow::Result<()> {
+    let first = OtlpReceiver::start(OtlpOptions::default()).await?;
+    let (grpc, http) = (first.grpc_addr().port(), first.http_addr().port());
+    drop(first);
+
+    let options = OtlpOptions {
+        grpc_port: Some(grpc),
+        http_port: Some(http),
+        ..OtlpOptions::default()
+    };
+    let second = OtlpReceiver::start(options).await?;
+    assert_eq!(second.grpc_endpoint(), format!("http://127.0.0.1:{grpc}"));
+    let mut client = MetricsServiceClient::connect(second.grpc_endpoint()).await?;
+    client.export(sample_export()).await?;
+    assert_eq!(
+        post_http(&second, &sample_export().encode_to_vec(), false)
+            .await?
+            .status(),
+        200
+    );
+    assert_eq!(second.requests().len(), 2);
     Ok(())
 }
 

@@ -316,8 +316,13 @@ impl<DB: Engine> DbPool<DB> {
 
     /// Closes the pool's connection, if any (on config reload or shutdown).
     pub async fn close(&self) {
-        self.pool.close().await;
+        // Waiting for the slot first lets an in-flight lease hand its connection back.
+        // sqlx 0.8's `Pool::close` can still return while a just-released connection is
+        // on its way back into the idle queue (seen under load), leaving it open; a
+        // second `close` closes it.
         let mut slot = self.permit.lock().await;
+        self.pool.close().await;
+        self.pool.close().await;
         *slot = None;
         self.publish_open();
     }

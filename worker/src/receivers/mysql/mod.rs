@@ -410,10 +410,6 @@ impl Collector {
 
     /// Closes the connection and withdraws the capability gauges.
     pub async fn close(&mut self) {
-        // sqlx 0.8's Pool::close, with one connection, returns as soon as a connection
-        // still being handed back (its release ping in flight) reaches the idle queue,
-        // leaving it open; the second call closes it. TODO: move into DbPool::close.
-        self.pool.close().await;
         self.pool.close().await;
         self.reporter.clear();
     }

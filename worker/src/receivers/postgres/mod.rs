@@ -652,13 +652,10 @@ impl Collector {
 
         if let Some(p) = &home {
             if !p.privileged() {
-                now_missing.insert(
-                    capability::MONITOR,
-                    format!(
-                        "GRANT pg_monitor TO {} to read every session's statistics",
-                        { queries::quote_ident(&self.spec.user) }
-                    ),
-                );
+                let user = queries::quote_ident(&self.spec.user);
+                let grant =
+                    format!("GRANT pg_monitor TO {user} to read every session's statistics");
+                now_missing.insert(capability::MONITOR, grant);
             }
             if self.spec.carrier && !p.stat_wal {
                 now_missing.insert(capability::STAT_WAL, "pg_stat_wal does not exist".into());

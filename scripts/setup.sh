@@ -18,8 +18,9 @@ if ! test -x /usr/sbin/mariadbd || ! command -v mariadb-install-db >/dev/null; t
     missing+=(mariadb-server)
 fi
 
-if ! command -v python3 >/dev/null; then
-    missing+=(python3)
+# The demo's independent OTLP receiver runs in a Python virtual environment.
+if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    missing+=(python3 python3-venv)
 fi
 
 if ((${#missing[@]} > 0)); then

@@ -1,9 +1,10 @@
 //! Test harness: throwaway database servers, an OTLP receiver and a black-hole listener.
 //!
 //! Every server binds 127.0.0.1 on a port picked at start, keeps its files in a fresh
-//! temporary directory and is stopped, and its directory removed, when dropped. Servers
-//! also die with the test process: they are started with a parent-death signal, and
-//! directories left behind by a test process that was killed are removed by the next one.
+//! directory (under `/dev/shm` when it has room, else the system temporary directory; or
+//! `$DBCOLLECTOR_TEST_DIR`) and is stopped, and its directory removed, when dropped.
+//! Servers also die with the test process: they are started with a parent-death signal,
+//! and directories left behind by a test process that was killed are removed by the next.
 
 mod blackhole;
 mod mariadb;

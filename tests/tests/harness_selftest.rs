@@ -5,6 +5,7 @@
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use dbcollector_tests::{
     eventually, init_tracing, Blackhole, Fault, Kind, MariaDbOptions, MariaDbServer, OtlpOptions,
     OtlpReceiver, Outcome, PgOptions, PgServer, Protocol, Temporality,
@@ -240,6 +241,46 @@ async fn mariadb_fills_performance_schema_and_survives_crash_and_restart() -> an
         .fetch_one(&pool)
         .await?;
     assert_eq!(renamed, "z");
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_servers_ends_their_processes_and_removes_their_directories() -> anyhow::Result<()>
+{
+    let pg = PgServer::start(PgOptions::default()).await?;
+    let pg_dir = pg.data_dir();
+    let pg_pid = pid_file_line(&pg_dir.join("postmaster.pid"), 0)?;
+    let db = MariaDbServer::start(MariaDbOptions::default()).await?;
+    let db_dir = db.data_dir();
+    let db_pid = pid_file_line(&db_dir.with_file_name("mariadbd.pid"), 0)?;
+    assert!(process_exists(&pg_pid) && process_exists(&db_pid));
+
+    drop(pg);
+    drop(db);
+    assert!(!process_exists(&pg_pid), "postgres {pg_pid} still runs");
+    assert!(!process_exists(&db_pid), "mariadbd {db_pid} still runs");
+    assert!(
+        !pg_dir.exists() && !db_dir.exists(),
+        "directories left behind"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_a_killed_postgres_releases_its_shared_memory() -> anyhow::Result<()> {
+    let mut pg = PgServer::start(PgOptions::default()).await?;
+    let line = pid_file_line(&pg.data_dir().join("postmaster.pid"), 6)?;
+    let shmid: i32 = line
+        .split_whitespace()
+        .nth(1)
+        .context("no shmid")?
+        .parse()?;
+
+    // Like a real crash, a kill leaves the segment for the next start to clean up.
+    pg.kill().await?;
+    assert!(segment_exists(shmid), "the segment vanished with the kill");
+    drop(pg);
+    assert!(!segment_exists(shmid), "the segment outlived the server");
     Ok(())
 }
 
@@ -558,4 +599,21 @@ fn attribute(key: &str, value: any_value::Value) -> KeyValue {
         key: key.into(),
         value: Some(AnyValue { value: Some(value) }),
     }
+}
+
+/// Line `index` (0-based) of a pid file.
+fn pid_file_line(path: &std::path::Path, index: usize) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let line = text.lines().nth(index).context("pid file too short")?;
+    Ok(line.trim().to_owned())
+}
+
+fn process_exists(pid: &str) -> bool {
+    std::path::Path::new("/proc").join(pid).exists()
+}
+
+fn segment_exists(shmid: i32) -> bool {
+    // SAFETY: shmid_ds is plain data that IPC_STAT only writes into.
+    let mut stat: libc::shmid_ds = unsafe { std::mem::zeroed() };
+    unsafe { libc::shmctl(shmid, libc::IPC_STAT, &mut stat) == 0 }
 }

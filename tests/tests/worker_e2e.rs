@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dbcollector_tests::{
-    MariaDbOptions, MariaDbServer, OtlpOptions, OtlpReceiver, PgOptions, PgServer, Point,
+    Blackhole, MariaDbOptions, MariaDbServer, OtlpOptions, OtlpReceiver, PgOptions, PgServer, Point,
 };
 use dbcollector_worker::app::{Options, Worker};
 use dbcollector_worker::telemetry::Metrics;
@@ -107,6 +107,8 @@ async fn killed_database_opens_its_breaker_while_the_others_keep_their_interval(
         .await
         .unwrap();
     let receiver = OtlpReceiver::start(OtlpOptions::default()).await.unwrap();
+    // A server that accepts connections and never answers (case pg-08).
+    let blackhole = Blackhole::start().unwrap();
 
     let admin_a = pg_a.admin_pool().await.unwrap();
     for db in ["app1", "app2"] {
@@ -152,6 +154,7 @@ targets:
   - {{ name: pg-a-app1, engine: postgresql, host: 127.0.0.1, port: {a}, databases: [app1], user: postgres }}
   - {{ name: pg-a-app2, engine: postgresql, host: 127.0.0.1, port: {a}, databases: [app2], user: postgres }}
   - {{ name: pg-b, engine: postgresql, host: 127.0.0.1, port: {b}, user: postgres }}
+  - {{ name: pg-silent, engine: postgresql, host: 127.0.0.1, port: {silent}, user: postgres }}
   - name: maria
     engine: mysql
     host: 127.0.0.1
@@ -171,6 +174,7 @@ telemetry:
         m = maria.port(),
         pw = pw.display(),
         otlp = receiver.grpc_endpoint(),
+        silent = blackhole.port(),
     );
     std::fs::write(&config_path, config).unwrap();
 
@@ -192,6 +196,7 @@ telemetry:
     .await
     .unwrap();
     let metrics: Arc<Metrics> = worker.metrics().clone();
+    let telemetry = format!("http://{}", worker.telemetry_addr);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(async {
         let _ = stop_rx.await;
@@ -253,6 +258,49 @@ telemetry:
         ["pg-a-app1", "pg-b"]
     );
 
+    // The silent server: its scrapes time out, it is reported down, its breaker opens,
+    // and it delays nobody (the others' intervals are checked below).
+    let silent = Metrics::target("pg-silent");
+    dbcollector_tests::eventually("pg-silent breaker open", Duration::from_secs(30), || {
+        let state = metrics.breaker_state.get_or_create(&silent).get();
+        async move { Ok((state == 1).then_some(())) }
+    })
+    .await
+    .unwrap();
+    let all = receiver.points();
+    let silent_ups = up_points(&all, "pg-silent");
+    assert!(!silent_ups.is_empty() && silent_ups.iter().all(|u| u.value == 0.0));
+    assert!(
+        blackhole.accepted() >= 1,
+        "the worker never reached the silent server"
+    );
+
+    // Self-telemetry over HTTP.
+    let http = reqwest::Client::new();
+    let ready = http
+        .get(format!("{telemetry}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200, "ready although a target is down");
+    let text = http
+        .get(format!("{telemetry}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "dbcollector_up{target=\"pg-silent\"} 0",
+        "dbcollector_up{target=\"pg-a-app1\"} 1",
+        "dbcollector_breaker_state{target=\"pg-silent\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from /metrics:\n{text}");
+    }
+    assert!(text.contains("dbcollector_scrape_errors_total{target=\"pg-silent\",kind="));
+    assert!(!text.contains("m0n@tor%pw"), "a password reached /metrics");
+
     // Kill server B. The breaker opens after two failures; the others keep ticking.
     let killed_at = now_nanos();
     pg_b.kill().await.unwrap();
@@ -265,7 +313,7 @@ telemetry:
     })
     .await
     .unwrap();
-    let points = receiver
+    receiver
         .wait_for_points(
             |p| {
                 up_points(p, "pg-b")

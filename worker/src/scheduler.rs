@@ -239,6 +239,166 @@ fn job_with_up(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::receivers::ErrorKind;
+    use std::collections::HashMap;
+
+    /// A collector that takes `delay` per scrape and fails when told to.
+    struct Fake {
+        spec: Arc<TargetSpec>,
+        delay: Duration,
+        fail: bool,
+    }
+
+    impl Collect for Fake {
+        fn scrape(&mut self) -> BoxFuture<'_, Result<Scrape, ScrapeError>> {
+            Box::pin(async move {
+                tokio::time::sleep(self.delay).await;
+                if self.fail {
+                    return Err(ScrapeError {
+                        target: self.spec.name.clone(),
+                        kind: ErrorKind::Connect,
+                        source: "refused".into(),
+                    });
+                }
+                Ok(Scrape {
+                    target: self.spec.name.clone(),
+                    resource: Arc::new(crate::receivers::resource(&self.spec, "postgresql")),
+                    points: Vec::new(),
+                    statements: None,
+                    read_at: std::time::Instant::now(),
+                })
+            })
+        }
+
+        fn close(&mut self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn specs() -> Vec<Arc<TargetSpec>> {
+        let config = Config::from_yaml(
+            "version: 1
+defaults: { interval: 10s }
+exporter: { endpoint: http://127.0.0.1:4317 }
+targets:
+  - { name: fast, engine: postgresql, host: a, user: u }
+  - { name: slow, engine: postgresql, host: b, user: u }
+  - { name: dead, engine: postgresql, host: c, user: u }
+",
+        )
+        .unwrap();
+        TargetSpec::resolve(&config)
+            .into_iter()
+            .map(Arc::new)
+            .collect()
+    }
+
+    /// Runs the three targets for `intervals` intervals of paused time and returns the
+    /// jobs each sent, with the metrics.
+    async fn run_for(intervals: u32) -> (HashMap<String, Vec<bool>>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::unregistered());
+        let breakers = Arc::new(Breakers::new(&config::Breaker::default(), metrics.clone()));
+        let (jobs, mut rx) = mpsc::channel(1024);
+        let shared = Shared {
+            breakers,
+            metrics: metrics.clone(),
+            jobs,
+        };
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        for spec in specs() {
+            let (delay, fail) = match &*spec.name {
+                "fast" => (Duration::from_millis(100), false),
+                "slow" => (Duration::from_secs(25), false),
+                _ => (Duration::from_millis(100), true),
+            };
+            let fake = Box::new(Fake {
+                spec: spec.clone(),
+                delay,
+                fail,
+            });
+            tasks.push(tokio::spawn(run_target(
+                spec,
+                fake,
+                shared.clone(),
+                cancel.clone(),
+            )));
+        }
+        drop(shared);
+        tokio::time::sleep(Duration::from_secs(10) * intervals).await;
+        cancel.cancel();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut seen: HashMap<String, Vec<bool>> = HashMap::new();
+        while let Ok(job) = rx.try_recv() {
+            let up = job.scrape.points.last().map(|p| p.value == Value::Int(1));
+            seen.entry(job.scrape.target.to_string())
+                .or_default()
+                .push(up.unwrap_or(false));
+        }
+        (seen, metrics)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_target_skips_its_own_ticks_and_delays_no_other() {
+        let (seen, metrics) = run_for(30).await;
+
+        // 30 intervals: the fast target ticks once each (its first tick is staggered
+        // within the first interval, so 29 or 30).
+        let fast = &seen["fast"];
+        assert!(
+            (29..=30).contains(&fast.len()),
+            "fast ticked {} times",
+            fast.len()
+        );
+        assert!(fast.iter().all(|up| *up));
+
+        // The slow one takes 2.5 intervals per scrape: every scrape skips two ticks.
+        let slow = &seen["slow"];
+        assert!(
+            (10..=12).contains(&slow.len()),
+            "slow ticked {} times",
+            slow.len()
+        );
+        let skipped = metrics
+            .scrapes_skipped
+            .get_or_create(&Metrics::target("slow"))
+            .get();
+        assert_eq!(
+            skipped,
+            2 * (slow.len() as u64),
+            "each slow scrape skips two ticks"
+        );
+        assert_eq!(
+            metrics
+                .scrapes_skipped
+                .get_or_create(&Metrics::target("fast"))
+                .get(),
+            0
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_target_reports_down_every_tick_and_its_breaker_opens() {
+        let (seen, metrics) = run_for(20).await;
+        let dead = &seen["dead"];
+        assert!(
+            (19..=20).contains(&dead.len()),
+            "dead ticked {} times",
+            dead.len()
+        );
+        assert!(dead.iter().all(|up| !*up), "a failing target reported up");
+
+        let label = Metrics::target("dead");
+        let attempted = metrics.scrapes.get_or_create(&label).get();
+        let short = metrics.scrapes_short_circuited.get_or_create(&label).get();
+        assert_eq!(attempted + short, dead.len() as u64);
+        // Three failures open it; then probes at most every two intervals.
+        assert!(short >= 5, "breaker short-circuited only {short} ticks");
+        assert_eq!(metrics.up.get_or_create(&label).get(), 0);
+    }
 
     #[test]
     fn next_tick_follows_the_interval_when_on_time() {

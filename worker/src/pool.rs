@@ -85,10 +85,15 @@ impl Engine for MySql {
 #[derive(Debug)]
 pub struct Endpoint {
     server: Arc<str>,
-    budget: u32,
+    /// Current budget: planned databases + 1, capped; grows as targets join.
+    budget: AtomicU32,
+    /// Databases the endpoint's targets named so far (`u32::MAX` once one discovers).
+    planned: AtomicU32,
     permits: Arc<Semaphore>,
     members: AtomicU32,
     label: ServerLabel,
+    settings: config::Connections,
+    metrics: Arc<Metrics>,
 }
 
 impl Endpoint {
@@ -99,16 +104,68 @@ impl Endpoint {
 
     /// The most connections open at once.
     pub fn budget(&self) -> u32 {
-        self.budget
+        self.budget.load(Ordering::Acquire)
     }
 
     /// More databases share the endpoint than it has permits: connections rotate.
     fn oversubscribed(&self) -> bool {
-        self.members.load(Ordering::Relaxed) > self.budget
+        self.members.load(Ordering::Relaxed) > self.budget()
     }
 
     fn in_use(&self) -> i64 {
-        i64::from(self.budget) - self.permits.available_permits() as i64
+        i64::from(self.budget()) - self.permits.available_permits() as i64
+    }
+
+    /// Adds a target's databases to the plan (`None`: it discovers them, which takes
+    /// the cap) and grows the budget to match, never past `max_per_server`. The budget
+    /// never shrinks while the endpoint lives, so a permit is never taken back.
+    fn plan(&self, databases: Option<usize>) {
+        let add = databases.map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        let planned = self
+            .planned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                Some(p.saturating_add(add))
+            })
+            .unwrap_or(u32::MAX)
+            .saturating_add(add);
+        let cap = self.settings.max_per_server.max(1);
+        let wanted = planned.saturating_add(1).min(cap);
+        let previous = self.budget.fetch_max(wanted, Ordering::AcqRel);
+        if wanted > previous {
+            self.permits.add_permits((wanted - previous) as usize);
+        }
+    }
+
+    /// A pool for one database of this endpoint. `options` carries engine-specific hooks
+    /// (e.g. session settings in `after_connect`); its size and timeouts are set here.
+    pub fn pool<DB: Engine>(
+        self: &Arc<Self>,
+        database: Arc<str>,
+        connect: <DB::Connection as Connection>::Options,
+        password: Option<ValueSource>,
+        options: PoolOptions<DB>,
+        connect_timeout: Duration,
+    ) -> DbPool<DB> {
+        self.members.fetch_add(1, Ordering::Relaxed);
+        let pool = options
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(connect_timeout)
+            .max_lifetime(self.settings.max_lifetime)
+            .idle_timeout(self.settings.idle_timeout)
+            .test_before_acquire(true)
+            .connect_lazy_with(connect.clone());
+        DbPool {
+            pool,
+            endpoint: self.clone(),
+            database,
+            base: connect,
+            password,
+            last_password: Mutex::new(None),
+            permit: Arc::new(tokio::sync::Mutex::new(None)),
+            acquire_timeout: self.settings.acquire_timeout,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -130,70 +187,34 @@ impl Endpoints {
         }
     }
 
-    /// The pooling settings every pool of this registry gets. A receiver that creates
-    /// pools after its constructor (for databases it discovers) keeps a registry of its
-    /// own built from these, drawing on the endpoint it got from this one.
-    pub fn settings(&self) -> &config::Connections {
-        &self.settings
-    }
-
-    /// The endpoint for `host:port`, created with a budget of `databases + 1` capped at
-    /// `connections.max_per_server` (`databases` is `None` when they are discovered, which
-    /// gives the cap). The first caller sets the budget.
+    /// The endpoint for `host:port`, with `databases` more monitored databases planned
+    /// on it (`None` when a target discovers them). The budget is the planned databases
+    /// plus one, capped at `connections.max_per_server`; every target of the endpoint
+    /// calls this once, so the budget covers them all.
     pub fn endpoint(&self, host: &str, port: u16, databases: Option<usize>) -> Arc<Endpoint> {
         let key = (host.to_ascii_lowercase(), port);
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(key)
-            .or_insert_with(|| {
-                let cap = self.settings.max_per_server.max(1);
-                let budget = databases
-                    .map(|n| u32::try_from(n + 1).unwrap_or(u32::MAX).min(cap))
-                    .unwrap_or(cap);
-                let server: Arc<str> = Arc::from(format!("{host}:{port}"));
-                Arc::new(Endpoint {
-                    label: ServerLabel {
-                        server: server.to_string(),
-                    },
-                    server,
-                    budget,
-                    permits: Arc::new(Semaphore::new(budget as usize)),
-                    members: AtomicU32::new(0),
+        let endpoint = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key)
+                .or_insert_with(|| {
+                    let server: Arc<str> = Arc::from(format!("{host}:{port}"));
+                    Arc::new(Endpoint {
+                        label: ServerLabel {
+                            server: server.to_string(),
+                        },
+                        server,
+                        budget: AtomicU32::new(0),
+                        planned: AtomicU32::new(0),
+                        permits: Arc::new(Semaphore::new(0)),
+                        members: AtomicU32::new(0),
+                        settings: self.settings.clone(),
+                        metrics: self.metrics.clone(),
+                    })
                 })
-            })
-            .clone()
-    }
-
-    /// A pool for one database of `endpoint`. `options` carries engine-specific hooks
-    /// (e.g. session settings in `after_connect`); its size and timeouts are set here.
-    pub fn pool<DB: Engine>(
-        &self,
-        endpoint: Arc<Endpoint>,
-        database: Arc<str>,
-        connect: <DB::Connection as Connection>::Options,
-        password: Option<ValueSource>,
-        options: PoolOptions<DB>,
-        connect_timeout: Duration,
-    ) -> DbPool<DB> {
-        endpoint.members.fetch_add(1, Ordering::Relaxed);
-        let pool = options
-            .max_connections(1)
-            .min_connections(0)
-            .acquire_timeout(connect_timeout)
-            .max_lifetime(self.settings.max_lifetime)
-            .idle_timeout(self.settings.idle_timeout)
-            .test_before_acquire(true)
-            .connect_lazy_with(connect.clone());
-        DbPool {
-            pool,
-            endpoint,
-            database,
-            base: connect,
-            password,
-            last_password: Mutex::new(None),
-            permit: Arc::new(tokio::sync::Mutex::new(None)),
-            acquire_timeout: self.settings.acquire_timeout,
-            metrics: self.metrics.clone(),
-        }
+                .clone()
+        };
+        endpoint.plan(databases);
+        endpoint
     }
 }
 
@@ -373,5 +394,43 @@ impl<DB: Engine> Drop for Lease<DB> {
             conn.close_on_drop();
             drop(conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(max_per_server: u32) -> Endpoints {
+        let settings = config::Connections {
+            max_per_server,
+            ..Default::default()
+        };
+        Endpoints::new(settings, Arc::new(Metrics::unregistered()))
+    }
+
+    #[test]
+    fn budget_covers_every_target_of_an_endpoint_plus_one() {
+        let e = endpoints(10);
+        let a = e.endpoint("DB.example", 5432, Some(1));
+        assert_eq!(a.budget(), 2);
+        let b = e.endpoint("db.example", 5432, Some(2));
+        assert!(Arc::ptr_eq(&a, &b), "host names are case-insensitive");
+        assert_eq!(a.budget(), 4);
+        assert_eq!(a.permits.available_permits(), 4);
+        assert_eq!(e.endpoint("db.example", 5433, Some(1)).budget(), 2);
+    }
+
+    #[test]
+    fn budget_never_passes_the_cap() {
+        let e = endpoints(3);
+        assert_eq!(e.endpoint("h", 1, Some(5)).budget(), 3);
+        assert_eq!(e.endpoint("h", 1, Some(5)).budget(), 3);
+        assert_eq!(e.endpoint("h", 1, Some(5)).permits.available_permits(), 3);
+        assert_eq!(
+            e.endpoint("d", 1, None).budget(),
+            3,
+            "discovery takes the cap"
+        );
     }
 }

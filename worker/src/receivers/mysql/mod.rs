@@ -347,8 +347,7 @@ impl Collector {
             let hook = hook.clone();
             Box::pin(async move { hook.setup(conn).await })
         });
-        let pool = endpoints.pool::<MySql>(
-            endpoint,
+        let pool = endpoint.pool::<MySql>(
             Arc::from("information_schema"),
             connect_options(&spec),
             spec.password.clone(),

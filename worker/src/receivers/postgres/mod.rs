@@ -174,8 +174,6 @@ pub struct Collector {
     resource: Arc<Resource>,
     metrics: Arc<Metrics>,
     endpoint: Arc<Endpoint>,
-    /// Creates pools for databases found after construction, on the shared endpoint.
-    pools: Endpoints,
     connect: PgConnectOptions,
     /// The home database first.
     databases: Vec<Database>,
@@ -214,13 +212,11 @@ impl Collector {
         }
 
         let endpoint = endpoints.endpoint(&spec.host, spec.port, budget_hint);
-        let pools = Endpoints::new(endpoints.settings().clone(), metrics.clone());
         let connect = connect_options(&spec);
         let mut collector = Self {
             resource: Arc::new(resource(&spec, "postgresql")),
             metrics,
             endpoint,
-            pools,
             connect,
             databases: Vec::new(),
             scrapes: 0,
@@ -304,8 +300,7 @@ impl Collector {
 
     /// A database entry with its (lazily connecting) pool.
     fn database(&self, name: Arc<str>, monitored: bool) -> Database {
-        let pool = self.pools.pool::<Postgres>(
-            self.endpoint.clone(),
+        let pool = self.endpoint.pool::<Postgres>(
             name.clone(),
             self.connect.clone().database(&name),
             self.spec.password.clone(),

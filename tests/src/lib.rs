@@ -7,10 +7,12 @@
 //! and directories left behind by a test process that was killed are removed by the next.
 
 mod blackhole;
+mod kube;
 mod mariadb;
 mod otlp;
 mod postgres;
 mod process;
+mod tls;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -19,13 +21,15 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
+pub use self::kube::{client_from_kubeconfig, ControlPlane};
 pub use blackhole::Blackhole;
 pub use mariadb::{MariaDbOptions, MariaDbServer};
 pub use otlp::{
-    Fault, Kind, OtlpOptions, OtlpReceiver, Outcome, Point, Protocol, Received, Temporality,
-    Undecodable,
+    Fault, Kind, OtlpOptions, OtlpReceiver, Outcome, Point, Protocol, Received, ReceiverTls,
+    Temporality, Undecodable,
 };
 pub use postgres::{PgOptions, PgServer};
+pub use tls::{TestPki, CLIENT_NAME, SERVER_NAMES};
 
 /// The address every harness server listens on.
 pub const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;

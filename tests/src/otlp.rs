@@ -1,11 +1,12 @@
-//! An in-test OTLP metrics receiver over gRPC and HTTP/protobuf: records every export, can
-//! be told to fail, and flattens what it received into data points.
+//! An in-test OTLP metrics receiver over gRPC and HTTP/protobuf, plain or TLS: records
+//! every export, can be told to fail, and flattens what it received into data points.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::io::Read as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -293,6 +294,8 @@ pub struct OtlpOptions {
     pub http_port: Option<u16>,
     /// Largest accepted export, in bytes after decompression. Default 64 MiB.
     pub max_message_bytes: usize,
+    /// Serve both transports over TLS (`https://` endpoints). Default `None`: plain text.
+    pub tls: Option<ReceiverTls>,
 }
 
 impl Default for OtlpOptions {
@@ -301,8 +304,22 @@ impl Default for OtlpOptions {
             grpc_port: None,
             http_port: None,
             max_message_bytes: 64 * 1024 * 1024,
+            tls: None,
         }
     }
+}
+
+/// TLS settings of an [`OtlpReceiver`], the same for gRPC and HTTP. See
+/// `TestPki::receiver_tls` for a ready-made one.
+#[derive(Clone, Debug)]
+pub struct ReceiverTls {
+    /// PEM certificate chain the receiver presents.
+    pub cert_file: PathBuf,
+    /// PEM private key of `cert_file`.
+    pub key_file: PathBuf,
+    /// PEM CA bundle. When set, a client must present a certificate it signed (mutual
+    /// TLS); a handshake without one fails, and nothing is recorded.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// Receives OTLP metrics over gRPC and HTTP/protobuf on two ports of 127.0.0.1.
@@ -312,6 +329,8 @@ impl Default for OtlpOptions {
 #[derive(Debug)]
 pub struct OtlpReceiver {
     shared: Arc<Shared>,
+    /// `https` when serving TLS, else `http`.
+    scheme: &'static str,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     /// Dropping this shuts both servers down.
@@ -355,7 +374,13 @@ impl OtlpReceiver {
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(opts.max_message_bytes);
-        let serve = tonic::transport::Server::builder().serve_with_incoming_shutdown(
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &opts.tls {
+            builder = builder
+                .tls_config(tonic_tls(tls)?)
+                .context("configuring OTLP/gRPC TLS")?;
+        }
+        let serve = builder.serve_with_incoming_shutdown(
             service,
             tonic::transport::server::TcpIncoming::from(grpc_listener),
             closed(shutdown.subscribe()),
@@ -374,30 +399,56 @@ impl OtlpReceiver {
             .route("/v1/metrics", axum::routing::post(export_http))
             .layer(DefaultBodyLimit::max(opts.max_message_bytes))
             .with_state(Arc::clone(&shared));
-        let serve =
-            axum::serve(http_listener, router).with_graceful_shutdown(closed(shutdown.subscribe()));
-        tokio::spawn(async move {
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "OTLP/HTTP test receiver failed");
+        match &opts.tls {
+            None => {
+                let serve = axum::serve(http_listener, router)
+                    .with_graceful_shutdown(closed(shutdown.subscribe()));
+                tokio::spawn(async move {
+                    if let Err(e) = serve.await {
+                        tracing::warn!(error = %e, "OTLP/HTTP test receiver failed");
+                    }
+                });
             }
-        });
+            Some(tls) => {
+                let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(
+                    rustls_server_config(tls)?,
+                ));
+                let handle = axum_server::Handle::<SocketAddr>::new();
+                let serve = axum_server::Server::from_listener(http_listener)
+                    .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(config))
+                    .handle(handle.clone())
+                    .serve(router.into_make_service());
+                tokio::spawn(async move {
+                    if let Err(e) = serve.await {
+                        tracing::warn!(error = %e, "OTLPS/HTTP test receiver failed");
+                    }
+                });
+                let stop = closed(shutdown.subscribe());
+                tokio::spawn(async move {
+                    stop.await;
+                    handle.graceful_shutdown(Some(Duration::from_secs(5)));
+                });
+            }
+        }
 
         Ok(Self {
             shared,
+            scheme: if opts.tls.is_some() { "https" } else { "http" },
             grpc_addr,
             http_addr,
             _shutdown: shutdown,
         })
     }
 
-    /// The gRPC endpoint: `http://127.0.0.1:PORT`.
+    /// The gRPC endpoint: `http://127.0.0.1:PORT` (`https://` with TLS).
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        format!("{}://{}", self.scheme, self.grpc_addr)
     }
 
-    /// The HTTP endpoint, without the `/v1/metrics` path: `http://127.0.0.1:PORT`.
+    /// The HTTP endpoint, without the `/v1/metrics` path: `http://127.0.0.1:PORT`
+    /// (`https://` with TLS).
     pub fn http_endpoint(&self) -> String {
-        format!("http://{}", self.http_addr)
+        format!("{}://{}", self.scheme, self.http_addr)
     }
 
     /// The gRPC listening address.
@@ -810,6 +861,61 @@ fn rpc_status(code: tonic::Code, retry_after: Option<Duration>) -> RpcStatus {
         message: REJECT_MESSAGE.into(),
         details,
     }
+}
+
+/// tonic's server TLS settings from `tls`.
+fn tonic_tls(tls: &ReceiverTls) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    let cert = read_file(&tls.cert_file)?;
+    let key = read_file(&tls.key_file)?;
+    let mut config = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key));
+    if let Some(ca) = &tls.client_ca_file {
+        // Without `client_auth_optional(true)`, a client certificate is required.
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read_file(ca)?));
+    }
+    Ok(config)
+}
+
+/// rustls server settings from `tls`, with the ring provider the whole workspace uses and
+/// ALPN for HTTP/2 (which the exporter's client prefers) and HTTP/1.1.
+fn rustls_server_config(tls: &ReceiverTls) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let pem_certs = |path: &Path| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        CertificateDer::pem_slice_iter(&read_file(path)?)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing certificates in {}", path.display()))
+    };
+    let certs = pem_certs(&tls.cert_file)?;
+    let key = PrivateKeyDer::from_pem_slice(&read_file(&tls.key_file)?)
+        .with_context(|| format!("parsing the key in {}", tls.key_file.display()))?;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &tls.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in pem_certs(ca)? {
+                roots.add(cert)?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .context("the receiver certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Binds 127.0.0.1:`port` (0 when `None`), retrying a fixed port that is still in use.

@@ -317,7 +317,9 @@ pub enum TlsMode {
     Disable,
     /// TLS without verifying the server.
     Require,
-    /// TLS, server certificate chain verified against `ca_file`.
+    /// TLS, server certificate chain verified against `ca_file`. With the current sqlx
+    /// (0.8) this also checks the host name, as `verify-full` does: stricter than
+    /// libpq's `verify-ca`, never weaker.
     VerifyCa,
     /// As `verify-ca`, and the host name must match the certificate.
     VerifyFull,

@@ -90,7 +90,7 @@ impl Transport for Client {
             Err(status) => {
                 let hint = retry_info(status.details());
                 Err(Failure {
-                    class: grpc_class(status.code(), hint),
+                    class: grpc_class(effective_code(&status), hint),
                     retry_after: hint,
                     error: SendError::Grpc {
                         code: status.code(),
@@ -99,6 +99,19 @@ impl Transport for Client {
                 })
             }
         }
+    }
+}
+
+/// The code to classify `status` by. A transport failure during the call (the connection
+/// closed or reset, or a TLS alert such as a refused client certificate, which TLS 1.3
+/// delivers after the client considers the handshake done) reaches here as `UNKNOWN`
+/// carrying the local error as its source, whereas a status the receiver sent has no
+/// source. The receiver never answered such a call, so it is retried like a failed
+/// connect (`UNAVAILABLE`), as the HTTP transport retries a request that got no answer.
+fn effective_code(status: &tonic::Status) -> tonic::Code {
+    match status.code() {
+        tonic::Code::Unknown if status.source().is_some() => tonic::Code::Unavailable,
+        code => code,
     }
 }
 
@@ -117,4 +130,24 @@ fn describe(status: &tonic::Status) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transport_failure_during_the_call_is_classified_as_unavailable() {
+        let local = tonic::Status::from_error(Box::new(std::io::Error::other(
+            "received fatal alert: CertificateRequired",
+        )));
+        assert_eq!(local.code(), tonic::Code::Unknown);
+        assert_eq!(effective_code(&local), tonic::Code::Unavailable);
+
+        // The same code sent by the receiver is its answer, classified as it is.
+        let answered = tonic::Status::new(tonic::Code::Unknown, "receiver bug");
+        assert_eq!(effective_code(&answered), tonic::Code::Unknown);
+        let refused = tonic::Status::new(tonic::Code::InvalidArgument, "bad data");
+        assert_eq!(effective_code(&refused), tonic::Code::InvalidArgument);
+    }
 }

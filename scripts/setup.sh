@@ -57,4 +57,8 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+# The Kubernetes control plane of the operator tests (etcd, kube-apiserver,
+# kube-controller-manager): unpacked from ../shared when present, else rebuilt.
+"$(dirname "$0")/kube-test-assets.sh" >/dev/null
+
 echo "setup.sh: ready ($(cargo --version))"

@@ -15,5 +15,6 @@ fi
 
 cargo build --quiet -p dbcollector-worker -p dbcollector-tests \
   --bin dbcollector-worker --bin dbcollector-demo
-exec target/debug/dbcollector-demo --worker target/debug/dbcollector-worker \
+target="${CARGO_TARGET_DIR:-target}"
+exec "$target/debug/dbcollector-demo" --worker "$target/debug/dbcollector-worker" \
   --python "$venv/bin/python" --receiver scripts/otlp_receiver.py "$@"

@@ -47,6 +47,9 @@ pub enum Error {
     /// The telemetry server could not listen.
     #[error(transparent)]
     Server(#[from] server::Error),
+    /// The Kubernetes API client could not be built (in a pod).
+    #[error("connecting to the Kubernetes API")]
+    Kube(#[source] kube::Error),
 }
 
 /// How the worker runs.
@@ -58,6 +61,9 @@ pub struct Options {
     pub worker_id: String,
     /// How often the config file is checked for changes.
     pub reload_poll: Duration,
+    /// The pod's namespace when the worker runs in a pod: Secrets named by the config
+    /// are read there, through the in-cluster API (or `KUBECONFIG`).
+    pub namespace: Option<String>,
 }
 
 /// A running worker.
@@ -157,7 +163,7 @@ impl Worker {
 
     /// Applies the config file's current content, or keeps the running one.
     pub async fn reload(&mut self) {
-        let new = match Config::load(&self.options.config_path) {
+        let new = match load(&self.options.config_path).await {
             Ok(new) => new,
             Err(error) => {
                 error!(
@@ -171,8 +177,8 @@ impl Worker {
         if new == self.config {
             return;
         }
-        if new.telemetry.listen != self.config.telemetry.listen {
-            warn!("telemetry.listen changed; it takes effect at the next restart");
+        if new.telemetry != self.config.telemetry {
+            warn!("telemetry settings (listen, log_format, log_level) take effect at the next restart");
         }
         if without_targets(&new) == without_targets(&self.config) {
             self.generation.apply_targets(&new);
@@ -211,6 +217,31 @@ impl Worker {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+}
+
+/// Loads the config and makes the Secrets it names readable before anything connects.
+async fn load(path: &std::path::Path) -> Result<Config, Error> {
+    let config = Config::load(path).map_err(|source| Error::Config {
+        path: path.to_owned(),
+        source,
+    })?;
+    let names = config.secret_names();
+    if let Some(name) = names.iter().next() {
+        let Some(cluster) = crate::secret::cluster() else {
+            let source = config::Error::Invalid {
+                field: "secret".into(),
+                message: format!(
+                    "Secret {name} is named but the worker is not in a pod (POD_NAMESPACE unset)"
+                ),
+            };
+            return Err(Error::Config {
+                path: path.to_owned(),
+                source,
+            });
+        };
+        cluster.watch(names, Duration::from_secs(5)).await;
+    }
+    Ok(config)
 }
 
 /// The parts of a config that need a pipeline rebuild when they change.

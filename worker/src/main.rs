@@ -24,8 +24,12 @@ struct Args {
     #[arg(long, env = "POD_NAME")]
     worker_id: Option<String>,
     /// How often the config file is checked for changes.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_poll)]
     reload_poll: Duration,
+    /// The pod's namespace (downward API): Secrets named by the config are read there
+    /// through the Kubernetes API.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,18 +37,17 @@ fn main() -> anyhow::Result<()> {
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!(
-                "dbcollector-worker: invalid config {}: {error}",
-                args.config.display()
-            );
+            let at = args.config.display();
+            eprintln!("dbcollector-worker: invalid config {at}: {}", chain(&error));
             std::process::exit(1);
         }
     };
     if args.check {
+        let n = config.targets.len();
+        let plural = if n == 1 { "" } else { "s" };
         println!(
-            "config {} is valid ({} targets)",
-            args.config.display(),
-            config.targets.len()
+            "config {} is valid ({n} target{plural})",
+            args.config.display()
         );
         return Ok(());
     }
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             config_path: args.config,
             worker_id,
             reload_poll: args.reload_poll,
+            namespace: args.namespace,
         };
         let worker = Worker::start(options).await?;
         worker.run(shutdown_signal()).await;
@@ -66,11 +70,34 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// An error and its causes, one after the other.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn parse_poll(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be above 0".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn init_logging(config: &Config) {
+    use std::io::IsTerminal;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.telemetry.log_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.telemetry.log_format {
         LogFormat::Json => builder.json().init(),

@@ -73,6 +73,8 @@ pub async fn run_target(
         let statements = Arc::new(spec.statements.clone());
         let mut resource = Arc::new(crate::receivers::resource(&spec, default_system(&spec)));
         let mut next = Instant::now() + stagger(&spec.name, spec.interval);
+        // Failures are logged at warn when the target goes down, then at debug.
+        let mut was_up = true;
 
         loop {
             tokio::select! {
@@ -102,12 +104,14 @@ pub async fn run_target(
                     Ok(Ok(scrape)) => (true, Some(scrape)),
                     Ok(Err(e)) => {
                         count_error(&shared.metrics, &spec.name, e.kind.as_str());
-                        log_failure(&e, decision);
+                        log_failure(&e, was_up);
                         (false, None)
                     }
                     Err(_) => {
                         count_error(&shared.metrics, &spec.name, "timeout");
-                        warn!(deadline = ?scrape_deadline(&spec), "scrape deadline passed");
+                        if was_up {
+                            warn!(deadline = ?scrape_deadline(&spec), "scrape deadline passed");
+                        }
                         (false, None)
                     }
                 }
@@ -116,6 +120,10 @@ pub async fn run_target(
                 shared
                     .breakers
                     .record(&spec.name, spec.interval, up, Instant::now());
+                if up && !was_up {
+                    info!("target is up again");
+                }
+                was_up = up;
             }
             shared.metrics.up.get_or_create(&label).set(i64::from(up));
 
@@ -140,6 +148,7 @@ pub async fn run_target(
 
         collector.close().await;
         shared.breakers.forget(&spec.name);
+        shared.metrics.forget_target(&spec.name);
         info!("collector stopped");
     }
     .instrument(span)
@@ -197,18 +206,22 @@ fn count_error(metrics: &Metrics, target: &str, kind: &'static str) {
         .inc();
 }
 
-/// Failures are logged when they change what the operator sees: the first failure
-/// (breaker closed) and failed probes; repeats while closed stay at debug.
-fn log_failure(e: &ScrapeError, decision: Decision) {
+/// A failure is logged at warn when the target goes down; repeats stay at debug (they
+/// are counted in `dbcollector_scrape_errors_total` and visible in `up`).
+fn log_failure(e: &ScrapeError, was_up: bool) {
     let source: &dyn std::error::Error = &*e.source;
-    if decision == Decision::Probe {
+    if was_up {
         warn!(
             kind = e.kind.as_str(),
             error = source,
-            "probe scrape failed"
+            "scrape failed; target is down"
         );
     } else {
-        warn!(kind = e.kind.as_str(), error = source, "scrape failed");
+        debug!(
+            kind = e.kind.as_str(),
+            error = source,
+            "scrape failed again"
+        );
     }
 }
 
@@ -294,9 +307,12 @@ targets:
             .collect()
     }
 
+    /// Per target: skipped ticks, scrapes attempted, ticks short-circuited, `up`.
+    type Counts = HashMap<String, (u64, u64, u64, i64)>;
+
     /// Runs the three targets for `intervals` intervals of paused time and returns the
-    /// jobs each sent, with the metrics.
-    async fn run_for(intervals: u32) -> (HashMap<String, Vec<bool>>, Arc<Metrics>) {
+    /// jobs each sent, with their self-metrics read before they stopped.
+    async fn run_for(intervals: u32) -> (HashMap<String, Vec<bool>>, Counts) {
         let metrics = Arc::new(Metrics::unregistered());
         let breakers = Arc::new(Breakers::new(&config::Breaker::default(), metrics.clone()));
         let (jobs, mut rx) = mpsc::channel(1024);
@@ -327,6 +343,19 @@ targets:
         }
         drop(shared);
         tokio::time::sleep(Duration::from_secs(10) * intervals).await;
+        let counts: Counts = ["fast", "slow", "dead"]
+            .into_iter()
+            .map(|t| {
+                let l = Metrics::target(t);
+                let c = (
+                    metrics.scrapes_skipped.get_or_create(&l).get(),
+                    metrics.scrapes.get_or_create(&l).get(),
+                    metrics.scrapes_short_circuited.get_or_create(&l).get(),
+                    metrics.up.get_or_create(&l).get(),
+                );
+                (t.to_owned(), c)
+            })
+            .collect();
         cancel.cancel();
         for t in tasks {
             t.await.unwrap();
@@ -338,12 +367,14 @@ targets:
                 .or_default()
                 .push(up.unwrap_or(false));
         }
-        (seen, metrics)
+        // A stopped target leaves no series behind.
+        assert_eq!(metrics.up.get_or_create(&Metrics::target("fast")).get(), 0);
+        (seen, counts)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_target_skips_its_own_ticks_and_delays_no_other() {
-        let (seen, metrics) = run_for(30).await;
+        let (seen, counts) = run_for(30).await;
 
         // 30 intervals: the fast target ticks once each (its first tick is staggered
         // within the first interval, so 29 or 30).
@@ -362,27 +393,19 @@ targets:
             "slow ticked {} times",
             slow.len()
         );
-        let skipped = metrics
-            .scrapes_skipped
-            .get_or_create(&Metrics::target("slow"))
-            .get();
-        assert_eq!(
-            skipped,
-            2 * (slow.len() as u64),
-            "each slow scrape skips two ticks"
+        let skipped = counts["slow"].0;
+        // The last scrape may still run when the test stops, its skips not yet counted.
+        let scrapes = slow.len() as u64;
+        assert!(
+            (2 * scrapes.saturating_sub(1)..=2 * scrapes).contains(&skipped),
+            "{skipped} ticks skipped over {scrapes} slow scrapes"
         );
-        assert_eq!(
-            metrics
-                .scrapes_skipped
-                .get_or_create(&Metrics::target("fast"))
-                .get(),
-            0
-        );
+        assert_eq!(counts["fast"].0, 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failing_target_reports_down_every_tick_and_its_breaker_opens() {
-        let (seen, metrics) = run_for(20).await;
+        let (seen, counts) = run_for(20).await;
         let dead = &seen["dead"];
         assert!(
             (19..=20).contains(&dead.len()),
@@ -391,13 +414,11 @@ targets:
         );
         assert!(dead.iter().all(|up| !*up), "a failing target reported up");
 
-        let label = Metrics::target("dead");
-        let attempted = metrics.scrapes.get_or_create(&label).get();
-        let short = metrics.scrapes_short_circuited.get_or_create(&label).get();
+        let (_, attempted, short, up) = counts["dead"];
         assert_eq!(attempted + short, dead.len() as u64);
         // Three failures open it; then probes at most every two intervals.
         assert!(short >= 5, "breaker short-circuited only {short} ticks");
-        assert_eq!(metrics.up.get_or_create(&label).get(), 0);
+        assert_eq!(up, 0);
     }
 
     #[test]

@@ -1,10 +1,27 @@
-//! Reads values that must not live in the config (passwords, header values) from files
-//! or environment variables, each time they are needed, so a rotated secret takes effect
-//! at the next connect without a restart.
+//! Reads values that must not live in the config (passwords, header values) from files,
+//! environment variables or Kubernetes Secrets, each time they are needed, so a rotated
+//! secret takes effect at the next connect without a restart.
+//!
+//! Secrets are read through the API, not mounted (a mount would change the pod template
+//! and roll the pods when a target is added). Each referenced Secret is watched by name
+//! (the worker's Role grants it nothing else), so reads stay synchronous and cheap, and a
+//! Secret created or rotated later is seen within moments.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::Api;
 
 use crate::config::ValueSource;
+
+/// The largest secret file read, in bytes.
+const MAX_FILE_BYTES: u64 = 64 * 1024;
 
 /// Why a secret could not be read. Never carries the value.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +41,131 @@ pub enum Error {
         /// The variable's name.
         name: String,
     },
+    /// A Secret is named but the worker does not run in a pod.
+    #[error("secret {name}: the worker reads Secrets only when it runs in a pod")]
+    NotInPod {
+        /// The Secret's name.
+        name: String,
+    },
+    /// The Secret does not exist (or is not readable) in the worker's namespace.
+    #[error("secret {namespace}/{name} not found")]
+    SecretMissing {
+        /// The worker's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+    },
+    /// The Secret has no such key, or its value is not UTF-8.
+    #[error("secret {namespace}/{name} has no UTF-8 key {key}")]
+    SecretKey {
+        /// The worker's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// The missing key.
+        key: String,
+    },
+}
+
+/// The Secrets of the worker's namespace that the config names, kept current by one
+/// name-restricted watch each.
+pub struct Cluster {
+    client: kube::Client,
+    namespace: String,
+    stores: Mutex<HashMap<String, Store<Secret>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+/// Makes Secrets of `namespace` readable through `client`; once per process.
+pub fn install(client: kube::Client, namespace: String) -> &'static Cluster {
+    CLUSTER.get_or_init(|| Cluster {
+        client,
+        namespace,
+        stores: Mutex::new(HashMap::new()),
+    })
+}
+
+/// The installed cluster access, when the worker runs in a pod.
+pub fn cluster() -> Option<&'static Cluster> {
+    CLUSTER.get()
+}
+
+impl Cluster {
+    /// Starts watching `names` (those not watched yet) and waits up to `timeout` for
+    /// their first listing, so the first connects find them.
+    pub async fn watch(&self, names: impl IntoIterator<Item = String>, timeout: Duration) {
+        let mut new = Vec::new();
+        {
+            let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+            for name in names {
+                if stores.contains_key(&name) {
+                    continue;
+                }
+                let (reader, writer) = reflector::store::<Secret>();
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
+                // A watch restricted to one name is all the worker's Role allows.
+                let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+                let stream = reflector::reflector(writer, watcher(api, config))
+                    .default_backoff()
+                    .applied_objects();
+                tokio::spawn(async move {
+                    futures::pin_mut!(stream);
+                    while let Some(event) = stream.next().await {
+                        if let Err(error) = event {
+                            tracing::debug!(%error, "secret watch interrupted; retrying");
+                        }
+                    }
+                });
+                new.push(reader.clone());
+                stores.insert(name, reader);
+            }
+        }
+        let synced = futures::future::join_all(new.iter().map(|r| r.wait_until_ready()));
+        let _ = tokio::time::timeout(timeout, synced).await;
+    }
+
+    fn get(&self, name: &str, key: &str) -> Result<String, Error> {
+        let missing = || Error::SecretMissing {
+            namespace: self.namespace.clone(),
+            name: name.to_owned(),
+        };
+        let secret = {
+            let stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+            let store = stores.get(name).ok_or_else(missing)?;
+            store
+                .get(&ObjectRef::new(name).within(&self.namespace))
+                .ok_or_else(missing)?
+        };
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| b.0.clone());
+        let from_string = || {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .cloned()
+        };
+        bytes
+            .and_then(|b| String::from_utf8(b).ok())
+            .or_else(from_string)
+            .ok_or_else(|| Error::SecretKey {
+                namespace: self.namespace.clone(),
+                name: name.to_owned(),
+                key: key.to_owned(),
+            })
+    }
 }
 
 /// Reads the current value. A file's trailing newline (as `echo` and most editors write
@@ -34,10 +176,20 @@ pub enum Error {
 pub fn read(source: &ValueSource) -> Result<String, Error> {
     match source {
         ValueSource::File(path) => {
-            let mut value = std::fs::read_to_string(path).map_err(|source| Error::File {
+            let error = |source| Error::File {
                 path: path.clone(),
                 source,
-            })?;
+            };
+            // A FIFO or device would block the async runtime; a huge file is no secret.
+            let meta = std::fs::metadata(path).map_err(error)?;
+            if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
+                let why = "not a regular file of at most 64 KiB";
+                return Err(error(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    why,
+                )));
+            }
+            let mut value = std::fs::read_to_string(path).map_err(error)?;
             while value.ends_with('\n') || value.ends_with('\r') {
                 value.pop();
             }
@@ -46,6 +198,10 @@ pub fn read(source: &ValueSource) -> Result<String, Error> {
         ValueSource::Env(name) => {
             std::env::var(name).map_err(|_| Error::Env { name: name.clone() })
         }
+        ValueSource::Secret { name, key } => match cluster() {
+            Some(cluster) => cluster.get(name, key),
+            None => Err(Error::NotInPod { name: name.clone() }),
+        },
     }
 }
 
@@ -62,6 +218,16 @@ mod tests {
             read(&ValueSource::File(path)).unwrap(),
             "p@ss:w%rd#1;x=y?& "
         );
+    }
+
+    #[test]
+    fn anything_but_a_regular_file_is_refused_rather_than_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read(&ValueSource::File(dir.path().to_owned())).unwrap_err();
+        let Error::File { source, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(source.to_string(), "not a regular file of at most 64 KiB");
     }
 
     #[test]

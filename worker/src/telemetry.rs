@@ -4,7 +4,7 @@
 //! `host:port` strings, kinds and reasons are fixed enums. Never a credential, never a
 //! raw error message.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -45,7 +45,7 @@ pub struct CapabilityLabels {
 }
 
 /// Why points were dropped.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum DropReason {
     /// The export queue was full; the oldest batch made room.
     QueueFull,
@@ -55,6 +55,25 @@ pub enum DropReason {
     Rejected,
     /// The shutdown deadline passed with the batch still queued.
     Shutdown,
+}
+
+impl DropReason {
+    /// The label value, as documented: `queue_full`, `export_failed`, `rejected`,
+    /// `shutdown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::ExportFailed => "export_failed",
+            DropReason::Rejected => "rejected",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl EncodeLabelValue for DropReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
 }
 
 /// Labels of dropped points.
@@ -275,10 +294,64 @@ impl Metrics {
         }
     }
 
+    /// Removes a target's series once it is no longer collected here (removed from the
+    /// config, or moved to another worker), so `/metrics` shows no stale `up`.
+    pub fn forget_target(&self, target: &str) {
+        let label = Self::target(target);
+        self.scrape_duration.remove(&label);
+        self.scrapes.remove(&label);
+        self.scrapes_skipped.remove(&label);
+        self.scrapes_short_circuited.remove(&label);
+        self.up.remove(&label);
+        self.breaker_state.remove(&label);
+        self.sampler_rate.remove(&label);
+        for kind in ["connect", "timeout", "query", "credentials", "budget"] {
+            self.scrape_errors.remove(&ErrorLabels {
+                target: target.to_owned(),
+                kind,
+            });
+        }
+    }
+
     /// Counts dropped points.
     pub fn dropped(&self, reason: DropReason, points: u64) {
         self.points_dropped
             .get_or_create(&DropLabel { reason })
             .inc_by(points);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_reasons_use_the_documented_label_values() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        metrics.dropped(DropReason::QueueFull, 3);
+        metrics.dropped(DropReason::ExportFailed, 1);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("dbcollector_points_dropped_total{reason=\"queue_full\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("{reason=\"export_failed\"} 1"), "{text}");
+    }
+
+    #[test]
+    fn a_forgotten_target_leaves_no_series() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        metrics.up.get_or_create(&Metrics::target("gone")).set(1);
+        metrics
+            .scrapes
+            .get_or_create(&Metrics::target("gone"))
+            .inc();
+        metrics.forget_target("gone");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("gone"), "{text}");
     }
 }

@@ -260,16 +260,23 @@ pub struct Discover {
     pub exclude: Vec<String>,
 }
 
-/// A value that must not be written into the config: read from a file or an
-/// environment variable each time it is needed. Written `{ file: /path }` or
-/// `{ env: NAME }`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(try_from = "RawValueSource")]
+/// A value that must not be written into the config: read from a file, an environment
+/// variable or (in a pod) a Kubernetes Secret each time it is needed. Written
+/// `{ file: /path }`, `{ env: NAME }` or `{ secret: { name: NAME, key: KEY } }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ValueSource {
     /// The whole content of a file, without a trailing newline.
     File(PathBuf),
     /// An environment variable's value.
     Env(String),
+    /// A key of a Secret in the worker's own namespace, read through the Kubernetes API
+    /// (only when the worker runs in a pod).
+    Secret {
+        /// The Secret's name.
+        name: String,
+        /// The key within its data.
+        key: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -277,18 +284,101 @@ pub enum ValueSource {
 struct RawValueSource {
     file: Option<PathBuf>,
     env: Option<String>,
+    secret: Option<RawSecretRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecretRef {
+    name: String,
+    key: String,
 }
 
 impl TryFrom<RawValueSource> for ValueSource {
     type Error = &'static str;
 
     fn try_from(raw: RawValueSource) -> Result<Self, Self::Error> {
-        match (raw.file, raw.env) {
-            (Some(file), None) => Ok(ValueSource::File(file)),
-            (None, Some(env)) if !env.is_empty() => Ok(ValueSource::Env(env)),
-            (None, Some(_)) => Err("env must name a variable"),
-            _ => Err("set exactly one of `file` or `env`"),
+        match (raw.file, raw.env, raw.secret) {
+            (Some(file), None, None) if !file.as_os_str().is_empty() => Ok(ValueSource::File(file)),
+            (Some(_), None, None) => Err("file must name a path"),
+            (None, Some(env), None) if !env.is_empty() => Ok(ValueSource::Env(env)),
+            (None, Some(_), None) => Err("env must name a variable"),
+            (None, None, Some(s)) if !s.name.is_empty() && !s.key.is_empty() => {
+                Ok(ValueSource::Secret {
+                    name: s.name,
+                    key: s.key,
+                })
+            }
+            (None, None, Some(_)) => Err("secret needs a name and a key"),
+            _ => Err("set exactly one of `file`, `env` or `secret`"),
         }
+    }
+}
+
+/// Deserializes a [`ValueSource`] from its map form only. Anything else (an inline
+/// password, a number) is refused with a message that never repeats the value, since it
+/// is likely a secret.
+impl<'de> Deserialize<'de> for ValueSource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+
+        const INLINE: &str = "inline values are not accepted here (they would be secrets in \
+             the config): use { file: PATH }, { env: NAME } or { secret: { name: N, key: K } }";
+
+        struct Source;
+
+        impl<'de> Visitor<'de> for Source {
+            type Value = ValueSource;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("{ file: PATH }, { env: NAME } or { secret: { name, key } }")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ValueSource, A::Error> {
+                let raw = RawValueSource::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                ValueSource::try_from(raw).map_err(de::Error::custom)
+            }
+
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<ValueSource, E> {
+                Err(E::custom(INLINE))
+            }
+
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<ValueSource, E> {
+                Err(E::custom(INLINE))
+            }
+
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<ValueSource, E> {
+                Err(E::custom(INLINE))
+            }
+
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<ValueSource, E> {
+                Err(E::custom(INLINE))
+            }
+
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<ValueSource, E> {
+                Err(E::custom(INLINE))
+            }
+
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<ValueSource, A::Error> {
+                Err(de::Error::custom(INLINE))
+            }
+        }
+
+        deserializer.deserialize_any(Source)
+    }
+}
+
+impl Config {
+    /// The names of every Secret the config reads through the Kubernetes API.
+    pub fn secret_names(&self) -> std::collections::BTreeSet<String> {
+        let targets = self.targets.iter().filter_map(|t| t.password.as_ref());
+        targets
+            .chain(self.exporter.headers.values())
+            .filter_map(|s| match s {
+                ValueSource::Secret { name, .. } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
     }
 }
 

@@ -179,10 +179,55 @@ fn two_explicit_carriers_on_one_endpoint_are_refused() {
 }
 
 #[test]
-fn inline_password_is_not_accepted() {
-    let text = MINIMAL.replace("password: { env: PGPASSWORD }", "password: hunter2");
+fn inline_password_is_refused_without_being_repeated() {
+    for inline in ["hunter2", "'p@ss:w%rd#1;x=y?&'", "12345", "[a, b]"] {
+        let text = MINIMAL.replace(
+            "password: { env: PGPASSWORD }",
+            &format!("password: {inline}"),
+        );
+        let e = err(&text);
+        assert!(
+            e.starts_with("targets[0].password: inline values are not accepted"),
+            "{e}"
+        );
+        let bare = inline.trim_matches(|c| c == '\'' || c == '[' || c == ']');
+        assert!(!e.contains(bare), "the value leaked: {e}");
+    }
+    let text = MINIMAL.replace(
+        "  endpoint: http://127.0.0.1:4317",
+        "  endpoint: http://127.0.0.1:4317\n  headers: { x-api-key: s3cr3t-k3y }",
+    );
     let e = err(&text);
-    assert!(e.starts_with("targets[0].password:"), "{e}");
+    assert!(
+        e.starts_with("exporter.headers.x-api-key: inline values"),
+        "{e}"
+    );
+    assert!(!e.contains("s3cr3t"), "{e}");
+}
+
+#[test]
+fn secret_sources_parse_and_are_listed() {
+    let text = MINIMAL.replace(
+        "password: { env: PGPASSWORD }",
+        "password: { secret: { name: pg-monitor, key: password } }",
+    );
+    let c = Config::from_yaml(&text).unwrap();
+    assert_eq!(
+        c.targets[0].password,
+        Some(ValueSource::Secret {
+            name: "pg-monitor".into(),
+            key: "password".into()
+        })
+    );
+    assert_eq!(
+        c.secret_names().into_iter().collect::<Vec<_>>(),
+        ["pg-monitor"]
+    );
+    let text = MINIMAL.replace(
+        "password: { env: PGPASSWORD }",
+        "password: { env: A, file: /b }",
+    );
+    assert!(err(&text).contains("set exactly one of"), "{}", err(&text));
 }
 
 #[test]
@@ -233,4 +278,39 @@ fn default_query_timeout_follows_a_short_interval() {
     let c = Config::from_yaml(&text).unwrap();
     let specs = crate::receivers::TargetSpec::resolve(&c);
     assert_eq!(specs[0].query_timeout, Duration::from_secs(1));
+}
+
+#[test]
+fn zero_and_inverted_durations_are_refused() {
+    let cases = [
+        (
+            "connections: { acquire_timeout: 0s }",
+            "connections.acquire_timeout: must be above 0",
+        ),
+        (
+            "pipeline: { sampler: { key_ttl: 0s } }",
+            "pipeline.sampler.key_ttl: must be above 0",
+        ),
+        (
+            "pipeline: { breaker: { base_open: 10m, max_open: 1s } }",
+            "pipeline.breaker.base_open: must be at most pipeline.breaker.max_open",
+        ),
+        (
+            "pipeline: { workers: 100000000 }",
+            "pipeline.workers: must be at most 1024",
+        ),
+        (
+            "telemetry: { log_level: 'verbose[[[' }",
+            "telemetry.log_level: is not a valid filter",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let text = format!("{MINIMAL}{extra}\n");
+        assert!(err(&text).starts_with(expected), "{extra}: {}", err(&text));
+    }
+}
+
+#[test]
+fn a_byte_order_mark_is_ignored() {
+    assert!(Config::from_yaml(&format!("\u{feff}{MINIMAL}")).is_ok());
 }

@@ -27,8 +27,34 @@ pub fn validate(config: &Config) -> Result<(), Error> {
     if config.connections.max_per_server == 0 {
         return invalid("connections.max_per_server", "must be at least 1");
     }
+    check_durations(config)?;
     if config.pipeline.breaker.failure_threshold == 0 {
         return invalid("pipeline.breaker.failure_threshold", "must be at least 1");
+    }
+    if config.pipeline.workers > 1024 {
+        return invalid("pipeline.workers", "must be at most 1024 (0: one per core)");
+    }
+    if config
+        .pipeline
+        .channel_capacity
+        .is_some_and(|c| c > 1_000_000)
+    {
+        return invalid("pipeline.channel_capacity", "must be at most 1000000");
+    }
+    if config.pipeline.sampler.target_points == 0 {
+        return invalid("pipeline.sampler.target_points", "must be at least 1");
+    }
+    if config.pipeline.breaker.max_entries == 0 {
+        return invalid("pipeline.breaker.max_entries", "must be at least 1");
+    }
+    if config.exporter.queue.concurrency > 64 {
+        return invalid("exporter.queue.concurrency", "must be at most 64");
+    }
+    if tracing_subscriber::EnvFilter::try_new(&config.telemetry.log_level).is_err() {
+        return invalid(
+            "telemetry.log_level",
+            "is not a valid filter (e.g. info, debug, dbcollector_worker=debug)",
+        );
     }
     if config.pipeline.batch.max_points == 0 {
         return invalid("pipeline.batch.max_points", "must be at least 1");
@@ -56,6 +82,41 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Result<(), E
         field: field.into(),
         message: message.into(),
     })
+}
+
+/// Durations that must be above zero, and pairs that must be ordered.
+fn check_durations(config: &Config) -> Result<(), Error> {
+    let c = &config.connections;
+    let p = &config.pipeline;
+    let e = &config.exporter;
+    let positive = [
+        ("connections.acquire_timeout", Some(c.acquire_timeout)),
+        ("connections.max_lifetime", Some(c.max_lifetime)),
+        ("connections.idle_timeout", Some(c.idle_timeout)),
+        ("pipeline.sampler.key_ttl", Some(p.sampler.key_ttl)),
+        ("pipeline.breaker.base_open", p.breaker.base_open),
+        ("pipeline.breaker.max_open", p.breaker.max_open),
+        ("exporter.retry.max_elapsed", Some(e.retry.max_elapsed)),
+        (
+            "exporter.queue.shutdown_timeout",
+            Some(e.queue.shutdown_timeout),
+        ),
+        ("defaults.lock_timeout", Some(config.defaults.lock_timeout)),
+    ];
+    for (field, value) in positive {
+        if value.is_some_and(|v| v.is_zero()) {
+            return invalid(field, "must be above 0");
+        }
+    }
+    if let (Some(base), Some(max)) = (p.breaker.base_open, p.breaker.max_open) {
+        if base > max {
+            return invalid(
+                "pipeline.breaker.base_open",
+                "must be at most pipeline.breaker.max_open",
+            );
+        }
+    }
+    Ok(())
 }
 
 fn check_defaults(config: &Config) -> Result<(), Error> {

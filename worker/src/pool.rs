@@ -54,6 +54,16 @@ pub enum Error {
     },
 }
 
+/// Engine-specific session setup run on every new connection (e.g. MySQL's statement
+/// time limit, whose name depends on the probed flavor).
+pub type ConnectHook<DB> = Arc<
+    dyn for<'c> Fn(
+            &'c mut <DB as Database>::Connection,
+        ) -> futures::future::BoxFuture<'c, Result<(), sqlx::Error>>
+        + Send
+        + Sync,
+>;
+
 /// Engines whose connect options can take a password read at connect time.
 pub trait Engine: Database {
     /// `options` with `password` set.
@@ -136,17 +146,30 @@ impl Endpoint {
         }
     }
 
-    /// A pool for one database of this endpoint. `options` carries engine-specific hooks
-    /// (e.g. session settings in `after_connect`); its size and timeouts are set here.
+    /// A pool for one database of this endpoint, running `hook` on every new connection;
+    /// its size and timeouts are set here.
     pub fn pool<DB: Engine>(
         self: &Arc<Self>,
         database: Arc<str>,
         connect: <DB::Connection as Connection>::Options,
         password: Option<ValueSource>,
-        options: PoolOptions<DB>,
+        hook: Option<ConnectHook<DB>>,
         connect_timeout: Duration,
     ) -> DbPool<DB> {
         self.members.fetch_add(1, Ordering::Relaxed);
+        // Every connection sqlx opens passes here, including the ones it replaces on its
+        // own after a broken ping, so each open is counted.
+        let (metrics, label) = (self.metrics.clone(), self.label.clone());
+        let options = PoolOptions::<DB>::new().after_connect(move |conn, _meta| {
+            metrics.connections_opened.get_or_create(&label).inc();
+            let hook = hook.clone();
+            Box::pin(async move {
+                match hook {
+                    Some(hook) => hook(conn).await,
+                    None => Ok(()),
+                }
+            })
+        });
         let pool = options
             .max_connections(1)
             .min_connections(0)
@@ -278,19 +301,11 @@ impl<DB: Engine> DbPool<DB> {
 
         let result = async {
             self.refresh_password()?;
-            let before = self.pool.size();
-            let conn = self.pool.acquire().await.map_err(|source| Error::Connect {
+            self.pool.acquire().await.map_err(|source| Error::Connect {
                 server: self.endpoint.server.clone(),
                 database: self.database.clone(),
                 source,
-            })?;
-            if before == 0 {
-                self.metrics
-                    .connections_opened
-                    .get_or_create(&self.endpoint.label)
-                    .inc();
-            }
-            Ok(conn)
+            })
         }
         .await;
 

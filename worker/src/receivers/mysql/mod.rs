@@ -19,14 +19,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlSslMode};
-use sqlx::pool::PoolOptions;
 use sqlx::{Executor, MySql};
 
 use self::probe::{Capabilities, Flavor, Reporter};
 use super::{ErrorKind, Scrape, ScrapeError, StatementSet, TargetSpec};
 use crate::config::{QueryText, TlsMode};
 use crate::metrics::{unix_nanos_now, PointSink, Resource};
-use crate::pool::{self, DbPool, Endpoints, Lease};
+use crate::pool::{self, ConnectHook, DbPool, Endpoints, Lease};
 use crate::telemetry::Metrics;
 
 /// Capabilities are probed again after this many scrapes (a grant may have been added),
@@ -346,7 +345,7 @@ impl Collector {
             connects: AtomicU64::new(0),
         });
         let hook = session.clone();
-        let options = PoolOptions::<MySql>::new().after_connect(move |conn, _meta| {
+        let setup: ConnectHook<MySql> = Arc::new(move |conn| {
             let hook = hook.clone();
             Box::pin(async move { hook.setup(conn).await })
         });
@@ -354,7 +353,7 @@ impl Collector {
             Arc::from("information_schema"),
             connect_options(&spec),
             spec.password.clone(),
-            options,
+            Some(setup),
             spec.connect_timeout,
         );
         Self {

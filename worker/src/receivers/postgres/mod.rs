@@ -28,7 +28,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::pool::PoolOptions;
 use sqlx::postgres::{PgConnectOptions, PgSslMode, Postgres};
 use sqlx::ConnectOptions as _;
 
@@ -304,7 +303,7 @@ impl Collector {
             name.clone(),
             self.connect.clone().database(&name),
             self.spec.password.clone(),
-            PoolOptions::new(),
+            None,
             self.spec.connect_timeout,
         );
         Database {

@@ -192,6 +192,7 @@ telemetry:
         config_path: config_path.clone(),
         worker_id: "e2e-worker".into(),
         reload_poll: Duration::from_millis(500),
+        namespace: None,
     })
     .await
     .unwrap();

@@ -44,6 +44,7 @@ async fn bad_reloads_keep_the_last_good_config_and_good_ones_apply() {
         config_path: path.clone(),
         worker_id: "reload-worker".into(),
         reload_poll: Duration::from_millis(100),
+        namespace: None,
     })
     .await
     .unwrap();

@@ -165,20 +165,13 @@ impl Worker {
     pub async fn reload(&mut self) {
         let new = match load(&self.options.config_path).await {
             Ok(new) => new,
-            Err(error) => {
-                error!(
-                    error = &error as &dyn std::error::Error,
-                    "config reload refused; the last good config keeps running"
-                );
-                self.reloaded(false);
-                return;
-            }
+            Err(error) => return self.refuse(&error),
         };
         if new == self.config {
             return;
         }
         if new.telemetry != self.config.telemetry {
-            warn!("telemetry settings (listen, log_format, log_level) take effect at the next restart");
+            warn!("telemetry settings (listen, log format and level) apply at the next restart");
         }
         if without_targets(&new) == without_targets(&self.config) {
             self.generation.apply_targets(&new);
@@ -188,20 +181,22 @@ impl Worker {
                     let old = std::mem::replace(&mut self.generation, next);
                     old.stop().await;
                 }
-                Err(error) => {
-                    error!(
-                        error = &error as &dyn std::error::Error,
-                        "config reload refused; the last good config keeps running"
-                    );
-                    self.reloaded(false);
-                    return;
-                }
+                Err(error) => return self.refuse(&error),
             }
         }
         info!(targets = new.targets.len(), "config reloaded");
         self.metrics.config_version.set(i64::from(new.version));
         self.config = new;
         self.reloaded(true);
+    }
+
+    fn refuse(&self, error: &Error) {
+        let error: &dyn std::error::Error = error;
+        error!(
+            error,
+            "config reload refused; the last good config keeps running"
+        );
+        self.reloaded(false);
     }
 
     fn reloaded(&self, ok: bool) {

@@ -100,10 +100,11 @@ impl Worker {
     /// When the config is invalid, the exporter cannot be built or the telemetry address
     /// cannot be bound.
     pub async fn start(options: Options) -> Result<Self, Error> {
-        let config = Config::load(&options.config_path).map_err(|source| Error::Config {
-            path: options.config_path.clone(),
-            source,
-        })?;
+        if let Some(namespace) = &options.namespace {
+            let client = kube::Client::try_default().await.map_err(Error::Kube)?;
+            crate::secret::install(client, namespace.clone());
+        }
+        let config = load(&options.config_path).await?;
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let health = Arc::new(Health {

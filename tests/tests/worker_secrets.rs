@@ -16,6 +16,21 @@ fn last_up(points: &[Point], target: &str) -> Option<f64> {
         .map(|p| p.value)
 }
 
+/// A Secret holding the monitoring role's password, in the workers' namespace.
+async fn create_secret(plane: &ControlPlane, name: &str) {
+    let literal = "--from-literal=password=s3cr3t:p@ss%";
+    let args = [
+        "-n",
+        "monitoring",
+        "create",
+        "secret",
+        "generic",
+        name,
+        literal,
+    ];
+    plane.kubectl_ok(args).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_are_read_through_the_api_and_a_missing_one_stops_only_its_target() {
     dbcollector_tests::init_tracing();
@@ -28,18 +43,7 @@ async fn secrets_are_read_through_the_api_and_a_missing_one_stops_only_its_targe
         .unwrap();
     let receiver = OtlpReceiver::start(OtlpOptions::default()).await.unwrap();
 
-    plane
-        .kubectl_ok([
-            "-n",
-            "monitoring",
-            "create",
-            "secret",
-            "generic",
-            "pg-a",
-            "--from-literal=password=s3cr3t:p@ss%",
-        ])
-        .await
-        .unwrap();
+    create_secret(&plane, "pg-a").await;
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("worker.yaml");
@@ -91,18 +95,7 @@ async fn secrets_are_read_through_the_api_and_a_missing_one_stops_only_its_targe
         .any(|p| p.metric == "postgresql.connection.max"));
 
     // The Secret appears: its target comes up without a restart or a reload.
-    plane
-        .kubectl_ok([
-            "-n",
-            "monitoring",
-            "create",
-            "secret",
-            "generic",
-            "pg-b",
-            "--from-literal=password=s3cr3t:p@ss%",
-        ])
-        .await
-        .unwrap();
+    create_secret(&plane, "pg-b").await;
     receiver
         .wait_for_points(
             |p| {

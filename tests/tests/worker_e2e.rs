@@ -12,6 +12,7 @@ use dbcollector_tests::{
     Blackhole, MariaDbOptions, MariaDbServer, OtlpOptions, OtlpReceiver, PgOptions, PgServer, Point,
 };
 use dbcollector_worker::app::{Options, Worker};
+use dbcollector_worker::source::Source;
 use dbcollector_worker::telemetry::Metrics;
 
 /// Scrape interval of every target in this test.
@@ -189,7 +190,7 @@ telemetry:
     );
 
     let worker = Worker::start(Options {
-        config_path: config_path.clone(),
+        source: Source::File(config_path.clone()),
         worker_id: "e2e-worker".into(),
         reload_poll: Duration::from_millis(500),
         namespace: None,

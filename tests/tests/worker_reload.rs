@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use dbcollector_tests::{OtlpOptions, OtlpReceiver, PgOptions, PgServer, Point};
 use dbcollector_worker::app::{Options, Worker};
+use dbcollector_worker::source::Source;
 use dbcollector_worker::telemetry::Metrics;
 
 fn config(pg_port: u16, otlp: &str, targets: &[&str]) -> String {
@@ -41,7 +42,7 @@ async fn bad_reloads_keep_the_last_good_config_and_good_ones_apply() {
     std::fs::write(&path, config(pg.port(), &otlp, &["first"])).unwrap();
 
     let worker = Worker::start(Options {
-        config_path: path.clone(),
+        source: Source::File(path.clone()),
         worker_id: "reload-worker".into(),
         reload_poll: Duration::from_millis(100),
         namespace: None,

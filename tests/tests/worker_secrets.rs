@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use dbcollector_tests::{ControlPlane, OtlpOptions, OtlpReceiver, PgOptions, PgServer, Point};
 use dbcollector_worker::app::{Options, Worker};
+use dbcollector_worker::source::Source;
 
 fn last_up(points: &[Point], target: &str) -> Option<f64> {
     points
@@ -68,7 +69,7 @@ async fn secrets_are_read_through_the_api_and_a_missing_one_stops_only_its_targe
     // cannot race another test.
     std::env::set_var("KUBECONFIG", plane.kubeconfig_path());
     let worker = Worker::start(Options {
-        config_path: path,
+        source: Source::File(path),
         worker_id: "pod-0".into(),
         reload_poll: Duration::from_millis(200),
         namespace: Some("monitoring".into()),

@@ -5,9 +5,11 @@
 //! targets that changed; any other change rebuilds the pipeline (the exporter flushes
 //! first). A reload that fails to parse, or brings a newer format, keeps the last good
 //! config running and is reported in the log and in `dbcollector_config_*` metrics.
+//!
+//! The config text comes from a file or from a watched ConfigMap ([`crate::source`]); the
+//! poll loop compares the text itself, so both sources reload the same way.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,16 +29,26 @@ use crate::processors::statements::Statements;
 use crate::receivers::{mysql, postgres, Scrape, ScrapeError, TargetSpec};
 use crate::scheduler::{self, BoxFuture, Collect, Job, Shared};
 use crate::server::{self, Health};
+use crate::source::{self, Reader, Source};
 use crate::telemetry::{Metrics, ResultLabel};
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The config text could not be read.
+    #[error("reading the config from {origin}")]
+    Source {
+        /// Where the config is read from.
+        origin: Source,
+        /// What failed.
+        #[source]
+        source: source::Error,
+    },
     /// The config is unusable.
-    #[error("config {path}")]
+    #[error("config from {origin}")]
     Config {
-        /// The config file.
-        path: PathBuf,
+        /// Where the config is read from.
+        origin: Source,
         /// What is wrong.
         #[source]
         source: config::Error,
@@ -55,20 +67,22 @@ pub enum Error {
 /// How the worker runs.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The config file; watched for changes.
-    pub config_path: PathBuf,
+    /// Where the config is read from; polled for changes.
+    pub source: Source,
     /// Names this worker in the `x-dbcollector-worker` export header and logs.
     pub worker_id: String,
-    /// How often the config file is checked for changes.
+    /// How often the config (file or ConfigMap) is checked for changes.
     pub reload_poll: Duration,
-    /// The pod's namespace when the worker runs in a pod: Secrets named by the config
-    /// are read there, through the in-cluster API (or `KUBECONFIG`).
+    /// The pod's namespace when the worker runs in a pod: Secrets named by the config,
+    /// and a [`Source::ConfigMap`], are read there through the in-cluster API (or
+    /// `KUBECONFIG`).
     pub namespace: Option<String>,
 }
 
 /// A running worker.
 pub struct Worker {
     options: Options,
+    reader: Reader,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     config: Config,
@@ -100,11 +114,30 @@ impl Worker {
     /// When the config is invalid, the exporter cannot be built or the telemetry address
     /// cannot be bound.
     pub async fn start(options: Options) -> Result<Self, Error> {
+        Self::start_with(options, |_| ()).await
+    }
+
+    /// Like [`Worker::start`]; `first` sees the first config before anything else starts
+    /// (the binary sets up logging from it).
+    ///
+    /// # Errors
+    /// As [`Worker::start`]; also when a ConfigMap source cannot be listed within
+    /// [`source::SYNC_TIMEOUT`] or lacks the ConfigMap or key.
+    pub async fn start_with(options: Options, first: impl FnOnce(&Config)) -> Result<Self, Error> {
+        let mut cluster = None;
         if let Some(namespace) = &options.namespace {
             let client = kube::Client::try_default().await.map_err(Error::Kube)?;
-            crate::secret::install(client, namespace.clone());
+            crate::secret::install(client.clone(), namespace.clone());
+            cluster = Some((client, namespace.clone()));
         }
-        let config = load(&options.config_path).await?;
+        let reader = Reader::open(&options.source, cluster, source::SYNC_TIMEOUT)
+            .await
+            .map_err(|source| Error::Source {
+                origin: options.source.clone(),
+                source,
+            })?;
+        let config = load(&reader, &options.source).await?;
+        first(&config);
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let health = Arc::new(Health {
@@ -126,6 +159,7 @@ impl Worker {
         );
         Ok(Self {
             options,
+            reader,
             health,
             metrics,
             config,
@@ -135,11 +169,11 @@ impl Worker {
         })
     }
 
-    /// Runs until `shutdown` resolves, reloading the config when the file changes or
-    /// on SIGHUP; then stops the targets and flushes the exporter.
+    /// Runs until `shutdown` resolves, reloading the config when its text changes or on
+    /// SIGHUP; then stops the targets and flushes the exporter.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut last = std::fs::read(&self.options.config_path).ok();
+        let mut last = self.reader.read().ok();
         let mut poll = tokio::time::interval(self.options.reload_poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hangup = hangup_signal();
@@ -149,7 +183,8 @@ impl Worker {
                 _ = poll.tick() => false,
                 Some(()) = hangup.recv() => true,
             };
-            let current = std::fs::read(&self.options.config_path).ok();
+            // A ConfigMap is read from the watch's store: cheap, and current within moments.
+            let current = self.reader.read().ok();
             if forced || (current.is_some() && current != last) {
                 last = current;
                 self.reload().await;
@@ -162,9 +197,9 @@ impl Worker {
         info!("worker stopped");
     }
 
-    /// Applies the config file's current content, or keeps the running one.
+    /// Applies the config's current content, or keeps the running one.
     pub async fn reload(&mut self) {
-        let new = match load(&self.options.config_path).await {
+        let new = match load(&self.reader, &self.options.source).await {
             Ok(new) => new,
             Err(error) => return self.refuse(&error),
         };
@@ -216,9 +251,13 @@ impl Worker {
 }
 
 /// Loads the config and makes the Secrets it names readable before anything connects.
-async fn load(path: &std::path::Path) -> Result<Config, Error> {
-    let config = Config::load(path).map_err(|source| Error::Config {
-        path: path.to_owned(),
+async fn load(reader: &Reader, origin: &Source) -> Result<Config, Error> {
+    let text = reader.read().map_err(|source| Error::Source {
+        origin: origin.clone(),
+        source,
+    })?;
+    let config = Config::from_yaml(&text).map_err(|source| Error::Config {
+        origin: origin.clone(),
         source,
     })?;
     let names = config.secret_names();
@@ -231,7 +270,7 @@ async fn load(path: &std::path::Path) -> Result<Config, Error> {
                 ),
             };
             return Err(Error::Config {
-                path: path.to_owned(),
+                origin: origin.clone(),
                 source,
             });
         };

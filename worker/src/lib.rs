@@ -12,4 +12,5 @@ pub mod receivers;
 pub mod scheduler;
 pub mod secret;
 pub mod server;
+pub mod source;
 pub mod telemetry;

@@ -4,54 +4,60 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use dbcollector_worker::app::{Options, Worker};
 use dbcollector_worker::config::{Config, LogFormat};
+use dbcollector_worker::source::{Reader, Source};
 
 /// Collects PostgreSQL and MySQL/MariaDB metrics and exports them over OTLP.
 #[derive(Debug, Parser)]
 #[command(version)]
+#[command(group(ArgGroup::new("source").required(true).args(["config", "config_map"])))]
 struct Args {
     /// The YAML config file (see docs/configuration.md). Reloaded when it changes or on
     /// SIGHUP.
     #[arg(short, long, env = "DBCOLLECTOR_CONFIG")]
-    config: PathBuf,
-    /// Check the config and exit: 0 when valid, 1 with the error otherwise.
-    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Read the config from this ConfigMap of the pod's namespace (needs POD_NAMESPACE),
+    /// watched through the API so an edit applies within one poll.
+    #[arg(long, env = "DBCOLLECTOR_CONFIG_MAP")]
+    config_map: Option<String>,
+    /// The ConfigMap key holding the YAML config.
+    #[arg(long, env = "DBCOLLECTOR_CONFIG_KEY", default_value = "config.yaml")]
+    config_key: String,
+    /// Check the config file and exit: 0 when valid, 1 with the error otherwise.
+    #[arg(long, conflicts_with = "config_map")]
     check: bool,
     /// Names this worker in the `x-dbcollector-worker` export header. Default: the pod
     /// name (POD_NAME), else the host name.
     #[arg(long, env = "POD_NAME")]
     worker_id: Option<String>,
-    /// How often the config file is checked for changes.
+    /// How often the config (file or ConfigMap) is checked for changes.
     #[arg(long, default_value = "2s", value_parser = parse_poll)]
     reload_poll: Duration,
-    /// The pod's namespace (downward API): Secrets named by the config are read there
-    /// through the Kubernetes API.
+    /// The pod's namespace (downward API): Secrets named by the config, and the config's
+    /// ConfigMap, are read there through the Kubernetes API.
     #[arg(long, env = "POD_NAMESPACE")]
     namespace: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = match Config::load(&args.config) {
-        Ok(config) => config,
-        Err(error) => {
-            let at = args.config.display();
-            eprintln!("dbcollector-worker: invalid config {at}: {}", chain(&error));
-            std::process::exit(1);
+    let source = match (args.config, args.config_map) {
+        (Some(path), _) => {
+            check_file(&path, args.check);
+            if args.check {
+                return Ok(());
+            }
+            Source::File(path)
         }
+        (None, Some(name)) => Source::ConfigMap {
+            name,
+            key: args.config_key,
+        },
+        // The `source` group requires one of the two.
+        (None, None) => anyhow::bail!("either --config or --config-map is required"),
     };
-    if args.check {
-        let n = config.targets.len();
-        let plural = if n == 1 { "" } else { "s" };
-        println!(
-            "config {} is valid ({n} target{plural})",
-            args.config.display()
-        );
-        return Ok(());
-    }
-    init_logging(&config);
     // rustls needs one process-wide crypto provider; both TLS clients use ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -59,15 +65,40 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let options = Options {
-            config_path: args.config,
+            source,
             worker_id,
             reload_poll: args.reload_poll,
             namespace: args.namespace,
         };
-        let worker = Worker::start(options).await?;
+        // Logging follows the config's `telemetry` section, known once the config is read.
+        let worker = Worker::start_with(options, init_logging).await?;
         worker.run(shutdown_signal()).await;
         anyhow::Ok(())
     })
+}
+
+/// Validates the config file before anything starts, so a bad file fails with its
+/// error on stderr and exit code 1; with `check`, also reports a valid one. The file is
+/// read as the worker reads it (size cap, byte order mark).
+fn check_file(path: &std::path::Path, check: bool) {
+    let text = Reader::file(path.to_owned()).read();
+    let loaded = match &text {
+        Ok(text) => Config::from_yaml(text).map_err(|e| chain(&e)),
+        Err(error) => Err(chain(error)),
+    };
+    match loaded {
+        Ok(config) if check => {
+            let n = config.targets.len();
+            let plural = if n == 1 { "" } else { "s" };
+            println!("config {} is valid ({n} target{plural})", path.display());
+        }
+        Ok(_) => {}
+        Err(error) => {
+            let at = path.display();
+            eprintln!("dbcollector-worker: invalid config {at}: {error}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// An error and its causes, one after the other.

@@ -5,6 +5,8 @@
 //! What changes often (targets, pipeline settings) lives in the ConfigMap only: the pod
 //! template references the ConfigMap by name and carries no hash of it, no replica count
 //! and no shard data, so a target added or an autoscaler step never rolls the pods.
+//! The worker watches the ConfigMap through the API rather than mounting it: the kubelet
+//! refreshes a mounted ConfigMap only every minute or so, a watch within moments.
 
 pub mod config;
 
@@ -23,10 +25,10 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -39,9 +41,6 @@ pub use config::Unsupported;
 
 /// Key of the worker config in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
-
-/// Where the ConfigMap is mounted in the worker container.
-pub const CONFIG_DIR: &str = "/etc/dbcollector";
 
 /// Port of the worker's `/metrics`, `/healthz` and `/readyz`.
 pub const HTTP_PORT: i32 = 9187;
@@ -427,21 +426,11 @@ impl<'a> Renderer<'a> {
             spec: Some(PodSpec {
                 service_account_name: Some(names::worker_account(&self.name)),
                 containers: vec![self.container(default_image)],
-                volumes: Some(vec![
-                    Volume {
-                        name: "config".to_owned(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: names::config_map(&self.name),
-                            ..ConfigMapVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    },
-                    Volume {
-                        name: "tmp".to_owned(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    },
-                ]),
+                volumes: Some(vec![Volume {
+                    name: "tmp".to_owned(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Volume::default()
+                }]),
                 security_context: Some(PodSecurityContext {
                     run_as_non_root: Some(true),
                     run_as_user: Some(NONROOT),
@@ -461,6 +450,11 @@ impl<'a> Renderer<'a> {
     }
 
     fn container(&self, default_image: &str) -> Container {
+        let value_env = |name: &str, value: String| EnvVar {
+            name: name.to_owned(),
+            value: Some(value),
+            ..EnvVar::default()
+        };
         let field_env = |name: &str, path: &str| EnvVar {
             name: name.to_owned(),
             value_from: Some(EnvVarSource {
@@ -500,11 +494,10 @@ impl<'a> Renderer<'a> {
                 .to_owned()
             }),
             env: Some(vec![
-                EnvVar {
-                    name: "DBCOLLECTOR_CONFIG".to_owned(),
-                    value: Some(format!("{CONFIG_DIR}/{CONFIG_KEY}")),
-                    ..EnvVar::default()
-                },
+                // Read from the pod's namespace (POD_NAMESPACE) through a watch on this one
+                // name, which the Role allows.
+                value_env("DBCOLLECTOR_CONFIG_MAP", names::config_map(&self.name)),
+                value_env("DBCOLLECTOR_CONFIG_KEY", CONFIG_KEY.to_owned()),
                 field_env("POD_NAME", "metadata.name"),
                 field_env("POD_NAMESPACE", "metadata.namespace"),
             ]),
@@ -533,19 +526,11 @@ impl<'a> Renderer<'a> {
                 seccomp_profile: Some(runtime_default()),
                 ..SecurityContext::default()
             }),
-            volume_mounts: Some(vec![
-                VolumeMount {
-                    name: "config".to_owned(),
-                    mount_path: CONFIG_DIR.to_owned(),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
-                },
-                VolumeMount {
-                    name: "tmp".to_owned(),
-                    mount_path: "/tmp".to_owned(),
-                    ..VolumeMount::default()
-                },
-            ]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "tmp".to_owned(),
+                mount_path: "/tmp".to_owned(),
+                ..VolumeMount::default()
+            }]),
             ..Container::default()
         }
     }

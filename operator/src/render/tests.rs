@@ -142,6 +142,32 @@ fn the_statefulset_is_parallel_restricted_and_probed_on_the_worker_port() {
 }
 
 #[test]
+fn the_worker_watches_its_config_map_instead_of_mounting_it() {
+    let c = children_of(spec());
+    let container = worker_container(&c.stateful_set);
+    let env: BTreeMap<_, _> = container
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.as_str(), e.value.as_deref()))
+        .collect();
+    assert_eq!(env["DBCOLLECTOR_CONFIG_MAP"], Some("orders-config"));
+    assert_eq!(env["DBCOLLECTOR_CONFIG_KEY"], Some(CONFIG_KEY));
+    assert!(!env.contains_key("DBCOLLECTOR_CONFIG"));
+    assert_eq!(c.config_map.metadata.name.as_deref(), Some("orders-config"));
+    assert!(c.config_map.data.as_ref().unwrap().contains_key(CONFIG_KEY));
+
+    // The kubelet's refresh of a mounted ConfigMap lags by a minute or more.
+    let pod = c.stateful_set.spec.as_ref().unwrap().template.spec.clone();
+    let volumes = pod.unwrap().volumes.unwrap_or_default();
+    assert!(
+        volumes.iter().all(|v| v.config_map.is_none()),
+        "{volumes:?}"
+    );
+}
+
+#[test]
 fn the_pod_template_does_not_change_with_targets_replicas_or_pipeline_settings() {
     let before = children_of(spec());
     let mut changed = spec();

@@ -14,8 +14,6 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::render::Unsupported;
-
 /// Most pods or objects named in one message; the rest are counted.
 const MAX_NAMED: usize = 8;
 
@@ -50,8 +48,6 @@ pub struct Observation {
     pub unowned_slots: u32,
     /// Referenced Secrets, or keys of them, that do not exist.
     pub secrets: Vec<SecretProblem>,
-    /// Spec fields the worker config could not express.
-    pub unsupported: Vec<Unsupported>,
 }
 
 /// Why a spec was not applied.
@@ -469,9 +465,6 @@ fn degraded(o: &Observation) -> State {
             "PodsFailing",
             format!("worker pods failing: {}", list(&failing)),
         ));
-    }
-    for u in &o.unsupported {
-        problems.push(("Unsupported", format!("{}: {}", u.field, u.consequence)));
     }
 
     match problems.first() {

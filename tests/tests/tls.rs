@@ -71,6 +71,8 @@ fn password_file() -> anyhow::Result<(TempDir, String)> {
 struct DbTlsYaml<'a> {
     mode: &'a str,
     ca_file: Option<&'a Path>,
+    /// A CA PEM file named through a value source (`ca: { file }`) instead of `ca_file`.
+    ca_source: Option<&'a Path>,
     identity: Option<(&'a Path, &'a Path)>,
 }
 
@@ -79,6 +81,7 @@ impl<'a> DbTlsYaml<'a> {
         Self {
             mode,
             ca_file,
+            ca_source: None,
             identity: None,
         }
     }
@@ -87,6 +90,9 @@ impl<'a> DbTlsYaml<'a> {
         let mut out = format!("      mode: {}\n", self.mode);
         if let Some(ca) = self.ca_file {
             out.push_str(&format!("      ca_file: {}\n", q(path_str(ca))));
+        }
+        if let Some(ca) = self.ca_source {
+            out.push_str(&format!("      ca: {{ file: {} }}\n", q(path_str(ca))));
         }
         if let Some((cert, key)) = self.identity {
             out.push_str(&format!("      cert_file: {}\n", q(path_str(cert))));
@@ -388,6 +394,54 @@ async fn postgres_verify_ca_refuses_a_server_signed_by_another_ca() {
         .await
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test]
+async fn postgres_verify_full_with_the_ca_pem_from_a_value_source_is_encrypted() {
+    init();
+    let fx = pg().await;
+    let (_dir, password) = password_file().unwrap();
+    let role = "tls_pg_ca_source";
+    pg_role(&fx.server, role).await.unwrap();
+    let spec = |ca: &'static Path| {
+        target(
+            "postgresql",
+            "127.0.0.1",
+            fx.server.port(),
+            role,
+            &password,
+            &DbTlsYaml {
+                ca_source: Some(ca),
+                ..DbTlsYaml::mode("verify-full", None)
+            },
+        )
+        .unwrap()
+    };
+
+    // The PEM content is what verifies: another CA's is refused.
+    let mut collector = pg_collector(spec(&fx.pki.other_ca_pem_path));
+    let text = connect_failure(collector.scrape().await, "another CA");
+    assert!(is_unknown_issuer(&text), "{text}");
+    collector.close().await;
+    assert!(pg_sessions(&fx.server, role).await.unwrap().is_empty());
+
+    let mut collector = pg_collector(spec(&fx.pki.ca_pem_path));
+    let scrape = collector.scrape().await;
+    assert!(
+        scrape.is_ok(),
+        "{}",
+        scrape.err().map(|e| chain(&e)).unwrap_or_default()
+    );
+    let sessions = pg_sessions(&fx.server, role).await.unwrap();
+    assert!(!sessions.is_empty(), "no session of {role} found");
+    for (ssl, version, _) in &sessions {
+        assert!(*ssl, "the session of {role} is not encrypted");
+        assert!(
+            version.as_deref().is_some_and(|v| v.starts_with("TLSv1.")),
+            "TLS version {version:?}"
+        );
+    }
+    collector.close().await;
 }
 
 #[tokio::test]

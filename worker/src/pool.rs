@@ -5,8 +5,9 @@
 //! its [`Endpoint`]'s semaphore, so the connections open to one server never exceed the
 //! endpoint's budget. When an endpoint has more databases than permits, a database gives
 //! its permit back (closing its connection) after each use, so connections rotate
-//! through the databases; every open is counted. Passwords are read again before each
-//! (re)connect, so a rotated secret takes effect without a restart.
+//! through the databases; every open is counted. Passwords and TLS PEM sources are read
+//! again before each (re)connect, so a rotated secret or certificate takes effect without
+//! a restart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,11 +33,13 @@ pub enum Error {
         /// The acquire timeout.
         timeout: Duration,
     },
-    /// The password could not be read.
-    #[error("reading the password for {server}")]
+    /// The password or a TLS PEM source could not be read.
+    #[error("reading the {what} for {server}")]
     Credentials {
         /// `host:port`.
         server: Arc<str>,
+        /// Which source: `password`, `tls.ca`, `tls.cert` or `tls.key`.
+        what: &'static str,
         /// What failed.
         #[source]
         source: secret::Error,
@@ -64,12 +67,20 @@ pub type ConnectHook<DB> = Arc<
         + Sync,
 >;
 
-/// Engines whose connect options can take a password read at connect time.
+/// Engines whose connect options can take a password and TLS PEM content read at connect
+/// time.
 pub trait Engine: Database {
     /// `options` with `password` set.
     fn with_password(
         options: &<Self::Connection as Connection>::Options,
         password: &str,
+    ) -> <Self::Connection as Connection>::Options;
+
+    /// `options` with the PEM contents that are given set: the CA that verifies the
+    /// server, and the client certificate and key for mutual TLS.
+    fn with_tls_pem(
+        options: <Self::Connection as Connection>::Options,
+        pem: &TlsPem,
     ) -> <Self::Connection as Connection>::Options;
 }
 
@@ -80,6 +91,22 @@ impl Engine for Postgres {
     ) -> sqlx::postgres::PgConnectOptions {
         options.clone().password(password)
     }
+
+    fn with_tls_pem(
+        mut options: sqlx::postgres::PgConnectOptions,
+        pem: &TlsPem,
+    ) -> sqlx::postgres::PgConnectOptions {
+        if let Some(ca) = &pem.ca {
+            options = options.ssl_root_cert_from_pem(ca.as_bytes().to_vec());
+        }
+        if let Some(cert) = &pem.cert {
+            options = options.ssl_client_cert_from_pem(cert);
+        }
+        if let Some(key) = &pem.key {
+            options = options.ssl_client_key_from_pem(key);
+        }
+        options
+    }
 }
 
 impl Engine for MySql {
@@ -88,6 +115,84 @@ impl Engine for MySql {
         password: &str,
     ) -> sqlx::mysql::MySqlConnectOptions {
         options.clone().password(password)
+    }
+
+    fn with_tls_pem(
+        mut options: sqlx::mysql::MySqlConnectOptions,
+        pem: &TlsPem,
+    ) -> sqlx::mysql::MySqlConnectOptions {
+        if let Some(ca) = &pem.ca {
+            options = options.ssl_ca_from_pem(ca.as_bytes().to_vec());
+        }
+        if let Some(cert) = &pem.cert {
+            options = options.ssl_client_cert_from_pem(cert);
+        }
+        if let Some(key) = &pem.key {
+            options = options.ssl_client_key_from_pem(key);
+        }
+        options
+    }
+}
+
+/// Where a pool's credentials come from; each source is read again before every connect.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// The password.
+    pub password: Option<ValueSource>,
+    /// PEM of the CA that verifies the server (`tls.ca`).
+    pub ca: Option<ValueSource>,
+    /// PEM client certificate (`tls.cert`).
+    pub cert: Option<ValueSource>,
+    /// PEM client private key (`tls.key`).
+    pub key: Option<ValueSource>,
+}
+
+impl Sources {
+    /// The password and the TLS PEM sources of a target's config.
+    pub fn new(password: Option<ValueSource>, tls: &config::DbTls) -> Self {
+        Self {
+            password,
+            ca: tls.ca.clone(),
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+        }
+    }
+}
+
+/// TLS PEM contents read from [`Sources`]; `Debug` never shows them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsPem {
+    /// The CA bundle.
+    pub ca: Option<String>,
+    /// The client certificate chain.
+    pub cert: Option<String>,
+    /// The client private key.
+    pub key: Option<String>,
+}
+
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("ca", &self.ca.is_some())
+            .field("cert", &self.cert.is_some())
+            .field("key", &self.key.is_some())
+            .finish()
+    }
+}
+
+/// What the sources held at the last connect; `Debug` never shows it.
+#[derive(Default, PartialEq, Eq)]
+struct Read {
+    password: Option<String>,
+    tls: TlsPem,
+}
+
+impl std::fmt::Debug for Read {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Read")
+            .field("password", &self.password.is_some())
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 
@@ -152,7 +257,7 @@ impl Endpoint {
         self: &Arc<Self>,
         database: Arc<str>,
         connect: <DB::Connection as Connection>::Options,
-        password: Option<ValueSource>,
+        sources: Sources,
         hook: Option<ConnectHook<DB>>,
         connect_timeout: Duration,
     ) -> DbPool<DB> {
@@ -183,8 +288,8 @@ impl Endpoint {
             endpoint: self.clone(),
             database,
             base: connect,
-            password,
-            last_password: Mutex::new(None),
+            sources,
+            last: Mutex::new(None),
             permit: Arc::new(tokio::sync::Mutex::new(None)),
             acquire_timeout: self.settings.acquire_timeout,
             metrics: self.metrics.clone(),
@@ -248,8 +353,9 @@ pub struct DbPool<DB: Engine> {
     endpoint: Arc<Endpoint>,
     database: Arc<str>,
     base: <DB::Connection as Connection>::Options,
-    password: Option<ValueSource>,
-    last_password: Mutex<Option<String>>,
+    sources: Sources,
+    /// What the sources held when the connect options were last set (`None`: never).
+    last: Mutex<Option<Read>>,
     permit: Arc<tokio::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     acquire_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -280,7 +386,7 @@ impl<DB: Engine> DbPool<DB> {
     ///
     /// # Errors
     /// [`Error::Budget`] when no permit frees up in time, [`Error::Credentials`] when
-    /// the password cannot be read, [`Error::Connect`] when connecting fails.
+    /// the password or a TLS PEM source cannot be read, [`Error::Connect`] when connecting fails.
     pub async fn acquire(&self) -> Result<Lease<DB>, Error> {
         let mut slot = self.permit.clone().lock_owned().await;
         if slot.is_none() {
@@ -300,7 +406,7 @@ impl<DB: Engine> DbPool<DB> {
         }
 
         let result = async {
-            self.refresh_password()?;
+            self.refresh_sources()?;
             self.pool.acquire().await.map_err(|source| Error::Connect {
                 server: self.endpoint.server.clone(),
                 database: self.database.clone(),
@@ -325,22 +431,50 @@ impl<DB: Engine> DbPool<DB> {
         }
     }
 
-    /// Re-reads the password and, when it changed, makes new connections use it.
-    fn refresh_password(&self) -> Result<(), Error> {
-        let Some(source) = &self.password else {
+    /// Re-reads the password and TLS PEM sources and, when any changed, makes new
+    /// connections use them.
+    fn refresh_sources(&self) -> Result<(), Error> {
+        let s = &self.sources;
+        if s.password.is_none() && s.ca.is_none() && s.cert.is_none() && s.key.is_none() {
             return Ok(());
+        }
+        let read = Read {
+            password: self.read(&s.password, "password")?,
+            tls: TlsPem {
+                ca: self.read(&s.ca, "tls.ca")?,
+                cert: self.read(&s.cert, "tls.cert")?,
+                key: self.read(&s.key, "tls.key")?,
+            },
         };
-        let password = secret::read(source).map_err(|source| Error::Credentials {
-            server: self.endpoint.server.clone(),
-            source,
-        })?;
-        let mut last = self.last_password.lock().unwrap_or_else(|e| e.into_inner());
-        if last.as_deref() != Some(password.as_str()) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref() != Some(&read) {
+            let options = match &read.password {
+                Some(password) => DB::with_password(&self.base, password),
+                None => self.base.clone(),
+            };
             self.pool
-                .set_connect_options(DB::with_password(&self.base, &password));
-            *last = Some(password);
+                .set_connect_options(DB::with_tls_pem(options, &read.tls));
+            *last = Some(read);
         }
         Ok(())
+    }
+
+    /// Reads one source; the error names it and the server, never the content.
+    fn read(
+        &self,
+        source: &Option<ValueSource>,
+        what: &'static str,
+    ) -> Result<Option<String>, Error> {
+        source
+            .as_ref()
+            .map(|source| {
+                secret::read(source).map_err(|source| Error::Credentials {
+                    server: self.endpoint.server.clone(),
+                    what,
+                    source,
+                })
+            })
+            .transpose()
     }
 
     fn publish_open(&self) {

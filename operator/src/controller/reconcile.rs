@@ -225,7 +225,6 @@ pub async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Action, Err
         assignment: plan.assignment.clone(),
         unowned_slots: plan.unowned_slots,
         secrets,
-        unsupported: rendered.unsupported.clone(),
     };
     let new_status = DatabaseCollectorStatus {
         observed_generation: dc.metadata.generation,

@@ -2,15 +2,16 @@
 //!
 //! A small serializable mirror of the worker's config format (`worker/src/config`): only
 //! the fields the spec sets are written, the worker's defaults fill in the rest. No
-//! credential is copied: passwords and exporter headers are written as references to
-//! Secret keys (`{ secret: { name, key } }`) that the worker reads through the API.
+//! credential is copied: passwords, exporter headers and TLS material (CA bundles, client
+//! certificates and keys) are written as references to Secret keys
+//! (`{ secret: { name, key } }`) that the worker reads through the API.
 
 use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
 
 use dbcollector_crds::spec::{
-    self, Compression, DatabaseCollectorSpec, Engine, Protocol, QueryText, SecretKeyRef,
-    ServerWide, TlsMode,
+    self, CaSecretRef, Compression, DatabaseCollectorSpec, Engine, Protocol, QueryText,
+    SecretKeyRef, ServerWide, TlsMode, TlsSecretRef,
 };
 use kube::core::Duration;
 use serde::Serialize;
@@ -21,23 +22,11 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Address of the worker's `/metrics`, `/healthz` and `/readyz`, in every pod.
 pub const LISTEN: &str = "0.0.0.0:9187";
 
-/// The rendered config and what of the spec it could not express.
+/// The rendered config.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkerConfig {
     /// The YAML document.
     pub yaml: String,
-    /// Spec fields left out because the worker cannot act on them yet, with why: each
-    /// entry is a field path and a sentence naming what is not collected.
-    pub unsupported: Vec<Unsupported>,
-}
-
-/// A spec field the rendered config leaves out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unsupported {
-    /// The field's path, e.g. `spec.databases[2].tls.caSecretRef`.
-    pub field: String,
-    /// What follows, e.g. `target orders is not collected`.
-    pub consequence: String,
 }
 
 /// Why the config could not be rendered.
@@ -50,45 +39,10 @@ pub enum Error {
 
 /// Renders the worker config of a collector; `source` names it in the header comment.
 ///
-/// Targets whose TLS needs material from Secrets (a CA or a client certificate) are left
-/// out and listed in [`WorkerConfig::unsupported`]: the worker reads TLS files only, and
-/// downgrading such a target to unverified TLS would be worse than not collecting it.
-///
 /// # Errors
 /// [`Error::Yaml`] if serialization fails.
 pub fn render(spec: &DatabaseCollectorSpec, source: &str) -> Result<WorkerConfig, Error> {
-    let mut unsupported = Vec::new();
-    let mut targets = Vec::with_capacity(spec.databases.len());
-    for (i, target) in spec.databases.iter().enumerate() {
-        match render_target(target) {
-            Ok(t) => targets.push(t),
-            Err(field) => unsupported.push(Unsupported {
-                field: format!("spec.databases[{i}].tls.{field}"),
-                consequence: format!(
-                    "TLS material from Secrets is not supported by the worker yet; target {} \
-                     is not collected",
-                    target.name
-                ),
-            }),
-        }
-    }
-    // TODO: the exporter's CA and client certificate from Secrets need a worker-side
-    // source (`ca_secret`); until then an https:// exporter is rendered without them and
-    // the worker refuses the config, which the condition below says.
-    if let Some(tls) = &spec.exporter.tls {
-        let field = if tls.cert_secret_ref.is_some() {
-            "spec.exporter.tls"
-        } else {
-            "spec.exporter.tls.caSecretRef"
-        };
-        unsupported.push(Unsupported {
-            field: field.to_owned(),
-            consequence: "TLS material from Secrets is not supported by the worker yet; \
-                          the workers cannot export"
-                .to_owned(),
-        });
-    }
-
+    let targets = spec.databases.iter().map(render_target).collect();
     let config = Config {
         version: FORMAT_VERSION,
         defaults: Defaults {
@@ -118,6 +72,15 @@ pub fn render(spec: &DatabaseCollectorSpec, source: &str) -> Result<WorkerConfig
                 .iter()
                 .map(|h| (h.name.clone(), SecretSource::from(&h.secret_key_ref)))
                 .collect(),
+            tls: spec.exporter.tls.as_ref().map(|tls| {
+                let (cert, key) = client_certificate(tls.cert_secret_ref.as_ref());
+                Tls {
+                    mode: None,
+                    ca: Some(SecretSource::ca(&tls.ca_secret_ref)),
+                    cert,
+                    key,
+                }
+            }),
             compression: match spec.exporter.compression {
                 Compression::Gzip => "gzip",
                 Compression::None => "none",
@@ -134,26 +97,26 @@ pub fn render(spec: &DatabaseCollectorSpec, source: &str) -> Result<WorkerConfig
             "# Rendered by dbcollector-operator from DatabaseCollector {source}; edits are \
              overwritten.\n{body}"
         ),
-        unsupported,
     })
 }
 
-/// One target, or the name of the TLS field that cannot be rendered.
-fn render_target(t: &spec::Target) -> Result<Target, &'static str> {
-    let tls = match &t.tls {
-        None => None,
-        Some(tls) if tls.ca_secret_ref.is_some() => return Err("caSecretRef"),
-        Some(tls) if tls.cert_secret_ref.is_some() => return Err("certSecretRef"),
-        Some(tls) => Some(Tls {
-            mode: match tls.mode {
+/// One target; its TLS material is written as Secret references.
+fn render_target(t: &spec::Target) -> Target {
+    let tls = t.tls.as_ref().map(|tls| {
+        let (cert, key) = client_certificate(tls.cert_secret_ref.as_ref());
+        Tls {
+            mode: Some(match tls.mode {
                 TlsMode::Disable => "disable",
                 TlsMode::Require => "require",
                 TlsMode::VerifyCa => "verify-ca",
                 TlsMode::VerifyFull => "verify-full",
-            },
-        }),
-    };
-    Ok(Target {
+            }),
+            ca: tls.ca_secret_ref.as_ref().map(SecretSource::ca),
+            cert,
+            key,
+        }
+    });
+    Target {
         name: t.name.clone(),
         engine: match t.engine {
             Engine::Postgresql => "postgresql",
@@ -175,7 +138,22 @@ fn render_target(t: &spec::Target) -> Result<Target, &'static str> {
             ServerWide::Carrier => "carrier",
             ServerWide::Off => "off",
         },
-    })
+    }
+}
+
+/// The `cert` and `key` sources of a client certificate: the `tls.crt` and `tls.key` of
+/// its kubernetes.io/tls Secret.
+fn client_certificate(r: Option<&TlsSecretRef>) -> (Option<SecretSource>, Option<SecretSource>) {
+    let Some(r) = r else {
+        return (None, None);
+    };
+    let source = |key: &str| SecretSource {
+        secret: SecretRef {
+            name: r.name.clone(),
+            key: key.to_owned(),
+        },
+    };
+    (Some(source("tls.crt")), Some(source("tls.key")))
 }
 
 fn pipeline(p: &spec::Pipeline) -> Pipeline {
@@ -254,9 +232,17 @@ struct Discover {
     exclude: Vec<String>,
 }
 
+/// A target's or the exporter's `tls`; the exporter's has no `mode` (its scheme says).
 #[derive(Serialize)]
 struct Tls {
-    mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca: Option<SecretSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cert: Option<SecretSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<SecretSource>,
 }
 
 /// `{ secret: { name, key } }`: a value the worker reads from a Secret of its namespace.
@@ -269,6 +255,18 @@ struct SecretSource {
 struct SecretRef {
     name: String,
     key: String,
+}
+
+impl SecretSource {
+    /// The CA bundle key of a `caSecretRef` (`ca.crt` unless it names another).
+    fn ca(r: &CaSecretRef) -> Self {
+        Self {
+            secret: SecretRef {
+                name: r.name.clone(),
+                key: r.key.clone(),
+            },
+        }
+    }
 }
 
 impl From<&SecretKeyRef> for SecretSource {
@@ -316,6 +314,8 @@ struct Exporter {
     protocol: &'static str,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     headers: BTreeMap<String, SecretSource>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<Tls>,
     compression: &'static str,
 }
 

@@ -37,8 +37,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-pub use config::Unsupported;
-
 /// Key of the worker config in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
 
@@ -116,8 +114,6 @@ pub struct Children {
     pub pod_disruption_budget: PodDisruptionBudget,
     /// Present when `spec.autoscaling` is set.
     pub autoscaler: Option<HorizontalPodAutoscaler>,
-    /// Spec fields the worker config could not express.
-    pub unsupported: Vec<Unsupported>,
 }
 
 /// A Secret the spec references, and where.
@@ -220,7 +216,6 @@ pub fn children(dc: &DatabaseCollector, default_image: &str) -> Result<Children,
         stateful_set: r.stateful_set(default_image),
         pod_disruption_budget: r.pod_disruption_budget(),
         autoscaler: dc.spec.autoscaling.as_ref().map(|a| r.autoscaler(a)),
-        unsupported: worker_config.unsupported,
     })
 }
 

@@ -356,7 +356,6 @@ fn the_worker_config_references_secrets_and_copies_no_credential() {
     assert_eq!(doc["defaults"]["interval"].as_str(), Some("1m 30s"));
     assert_eq!(doc["targets"][0]["interval"].as_str(), Some("10s"));
     assert_eq!(doc["telemetry"]["listen"].as_str(), Some("0.0.0.0:9187"));
-    assert!(c.unsupported.is_empty());
 }
 
 #[test]
@@ -382,19 +381,63 @@ fn the_worker_accepts_the_rendered_config() {
 }
 
 #[test]
-fn a_target_needing_tls_material_from_secrets_is_left_out_and_reported() {
+fn tls_material_from_secrets_is_rendered_as_references_the_worker_accepts_and_may_read() {
+    use dbcollector_worker::config::{Config, TlsMode, ValueSource};
+    let secret = |name: &str, key: &str| {
+        Some(ValueSource::Secret {
+            name: name.to_owned(),
+            key: key.to_owned(),
+        })
+    };
     let mut s = spec();
     s["databases"][0]["tls"] = json!({
-        "mode": "verify-full", "caSecretRef": { "name": "pg-ca" }
+        "mode": "verify-full",
+        "caSecretRef": { "name": "pg-ca" },
+        "certSecretRef": { "name": "pg-client" }
+    });
+    s["exporter"]["endpoint"] = json!("https://otel-collector.observability:4317");
+    s["exporter"]["tls"] = json!({
+        "caSecretRef": { "name": "otlp-ca", "key": "bundle.pem" },
+        "certSecretRef": { "name": "otlp-client" }
     });
     let c = children_of(s);
     let yaml = &c.config_map.data.as_ref().unwrap()[CONFIG_KEY];
-    let config = dbcollector_worker::config::Config::from_yaml(yaml).unwrap();
-    assert_eq!(config.targets.len(), 1);
-    assert_eq!(config.targets[0].name, "maria");
-    assert_eq!(c.unsupported.len(), 1);
-    assert_eq!(c.unsupported[0].field, "spec.databases[0].tls.caSecretRef");
-    assert!(c.unsupported[0].consequence.contains("pg-main"));
+    let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+
+    assert_eq!(config.targets.len(), 2, "no target is left out");
+    let tls = &config.targets[0].tls;
+    assert_eq!(tls.mode, TlsMode::VerifyFull);
+    assert_eq!(tls.ca, secret("pg-ca", "ca.crt"), "the CRD's default key");
+    assert_eq!(tls.cert, secret("pg-client", "tls.crt"));
+    assert_eq!(tls.key, secret("pg-client", "tls.key"));
+    assert_eq!(tls.ca_file, None);
+    let tls = &config.exporter.tls;
+    assert_eq!(tls.ca, secret("otlp-ca", "bundle.pem"));
+    assert_eq!(tls.cert, secret("otlp-client", "tls.crt"));
+    assert_eq!(tls.key, secret("otlp-client", "tls.key"));
+
+    // Every Secret the worker will read is one its Role lets it get.
+    let rules = c.role.rules.unwrap();
+    let secrets = rules
+        .iter()
+        .find(|r| r.resources.as_deref() == Some(&["secrets".to_owned()][..]))
+        .unwrap();
+    let allowed = secrets.resource_names.clone().unwrap();
+    assert_eq!(
+        allowed,
+        [
+            "otlp",
+            "otlp-ca",
+            "otlp-client",
+            "pg-ca",
+            "pg-client",
+            "pg-monitor"
+        ]
+    );
+    assert_eq!(
+        config.secret_names().into_iter().collect::<Vec<_>>(),
+        allowed
+    );
 }
 
 #[test]

@@ -60,7 +60,6 @@ fn healthy() -> Observation {
         assignment: vec![owns("orders-0", "0-7"), owns("orders-1", "8-15")],
         unowned_slots: 0,
         secrets: Vec::new(),
-        unsupported: Vec::new(),
     }
 }
 

@@ -371,9 +371,13 @@ impl<'de> Deserialize<'de> for ValueSource {
 impl Config {
     /// The names of every Secret the config reads through the Kubernetes API.
     pub fn secret_names(&self) -> std::collections::BTreeSet<String> {
-        let targets = self.targets.iter().filter_map(|t| t.password.as_ref());
+        let targets = self
+            .targets
+            .iter()
+            .flat_map(|t| t.password.iter().chain(t.tls.sources()));
         targets
             .chain(self.exporter.headers.values())
+            .chain(self.exporter.tls.sources())
             .filter_map(|s| match s {
                 ValueSource::Secret { name, .. } => Some(name.clone()),
                 _ => None,
@@ -391,11 +395,29 @@ pub struct DbTls {
     #[serde(default)]
     pub mode: TlsMode,
     /// PEM file of the CA that signed the server's certificate; re-read at connect.
+    /// Exclusive with `ca`.
     pub ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS; needs `key_file`.
+    /// PEM client certificate for mutual TLS; needs `key_file` or `key`. Exclusive with
+    /// `cert`.
     pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
+    /// PEM private key of `cert_file`. Exclusive with `key`.
     pub key_file: Option<PathBuf>,
+    /// The CA's PEM content, from a file, an environment variable or a Secret; read
+    /// again before each connect. Exclusive with `ca_file`.
+    pub ca: Option<ValueSource>,
+    /// The client certificate's PEM content, read again before each connect; needs
+    /// `key` or `key_file`. Exclusive with `cert_file`.
+    pub cert: Option<ValueSource>,
+    /// The client private key's PEM content, read again before each connect. Exclusive
+    /// with `key_file`.
+    pub key: Option<ValueSource>,
+}
+
+impl DbTls {
+    /// The PEM sources the config names (`ca`, `cert`, `key`), in that order.
+    pub fn sources(&self) -> impl Iterator<Item = &ValueSource> {
+        [&self.ca, &self.cert, &self.key].into_iter().flatten()
+    }
 }
 
 /// How a database connection is secured.
@@ -407,7 +429,7 @@ pub enum TlsMode {
     Disable,
     /// TLS without verifying the server.
     Require,
-    /// TLS, server certificate chain verified against `ca_file`. With the current sqlx
+    /// TLS, server certificate chain verified against `ca_file` or `ca`. With the current sqlx
     /// (0.8) this also checks the host name, as `verify-full` does: stricter than
     /// libpq's `verify-ca`, never weaker.
     VerifyCa,
@@ -597,12 +619,30 @@ pub enum Compression {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ExporterTls {
-    /// PEM CA bundle to verify the receiver. Required for `https://` endpoints.
+    /// PEM CA bundle to verify the receiver. `https://` endpoints need it or `ca`;
+    /// exclusive with `ca`.
     pub ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS; needs `key_file`.
+    /// PEM client certificate for mutual TLS; needs `key_file` or `key`. Exclusive with
+    /// `cert`.
     pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
+    /// PEM private key of `cert_file`. Exclusive with `key`.
     pub key_file: Option<PathBuf>,
+    /// The CA bundle's PEM content, from a file, an environment variable or a Secret;
+    /// read once at start. Exclusive with `ca_file`.
+    pub ca: Option<ValueSource>,
+    /// The client certificate's PEM content, read once at start; needs `key` or
+    /// `key_file`. Exclusive with `cert_file`.
+    pub cert: Option<ValueSource>,
+    /// The client private key's PEM content, read once at start. Exclusive with
+    /// `key_file`.
+    pub key: Option<ValueSource>,
+}
+
+impl ExporterTls {
+    /// The PEM sources the config names (`ca`, `cert`, `key`), in that order.
+    pub fn sources(&self) -> impl Iterator<Item = &ValueSource> {
+        [&self.ca, &self.cert, &self.key].into_iter().flatten()
+    }
 }
 
 /// Export retry policy: exponential backoff with jitter; a server's retry hint

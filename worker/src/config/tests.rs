@@ -141,7 +141,81 @@ fn verify_modes_need_a_ca_file() {
     );
     assert_eq!(
         err(&text),
-        "targets[0].tls.ca_file: is required by verify-ca and verify-full"
+        "targets[0].tls.ca_file: (or tls.ca) is required by verify-ca and verify-full"
+    );
+    let text = MINIMAL.replace(
+        "    user: monitor",
+        "    user: monitor\n    tls: { mode: verify-full, ca: { secret: { name: pg-ca, key: ca.crt } } }",
+    );
+    assert!(
+        Config::from_yaml(&text).is_ok(),
+        "a CA from a Secret is enough"
+    );
+}
+
+#[test]
+fn tls_pem_sources_are_exclusive_with_their_files() {
+    for (field, tls) in [
+        ("ca", "ca_file: /ca.pem, ca: { file: /ca.pem }"),
+        (
+            "cert",
+            "cert_file: /c.pem, cert: { env: CERT }, key: { env: KEY }",
+        ),
+        (
+            "key",
+            "cert: { env: CERT }, key_file: /k.pem, key: { env: KEY }",
+        ),
+    ] {
+        let text = MINIMAL.replace(
+            "    user: monitor",
+            &format!("    user: monitor\n    tls: {{ mode: require, {tls} }}"),
+        );
+        assert_eq!(
+            err(&text),
+            format!("targets[0].tls.{field}: is exclusive with {field}_file")
+        );
+        let text = MINIMAL.replace(
+            "http://127.0.0.1:4317",
+            &format!("https://127.0.0.1:4317\n  tls: {{ {tls} }}"),
+        );
+        assert_eq!(
+            err(&text),
+            format!("exporter.tls.{field}: is exclusive with {field}_file")
+        );
+    }
+}
+
+#[test]
+fn a_client_certificate_source_needs_a_key() {
+    let text = MINIMAL.replace(
+        "    user: monitor",
+        "    user: monitor\n    tls: { mode: require, cert: { env: CERT } }",
+    );
+    assert!(
+        err(&text).starts_with("targets[0].tls.key: a client certificate"),
+        "{}",
+        err(&text)
+    );
+}
+
+#[test]
+fn tls_pem_secrets_are_listed() {
+    let text = MINIMAL
+        .replace(
+            "    user: monitor",
+            "    user: monitor\n    tls:\n      mode: verify-full\n      \
+             ca: { secret: { name: pg-ca, key: ca.crt } }\n      \
+             cert: { secret: { name: pg-client, key: tls.crt } }\n      \
+             key: { secret: { name: pg-client, key: tls.key } }",
+        )
+        .replace(
+            "http://127.0.0.1:4317",
+            "https://127.0.0.1:4317\n  tls: { ca: { secret: { name: otlp-ca, key: ca.crt } } }",
+        );
+    let c = Config::from_yaml(&text).unwrap();
+    assert_eq!(
+        c.secret_names().into_iter().collect::<Vec<_>>(),
+        ["otlp-ca", "pg-ca", "pg-client"]
     );
 }
 

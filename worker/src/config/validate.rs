@@ -197,19 +197,47 @@ fn check_target(config: &Config, t: &Target, at: &dyn Fn(&str) -> String) -> Res
 
 fn check_tls(t: &Target, at: &dyn Fn(&str) -> String) -> Result<(), Error> {
     let tls = &t.tls;
-    if tls.cert_file.is_some() != tls.key_file.is_some() {
-        return invalid(at("tls.key_file"), "cert_file and key_file go together");
+    let (ca, cert, key) = check_pem_pairs(
+        [
+            (tls.ca_file.is_some(), tls.ca.is_some()),
+            (tls.cert_file.is_some(), tls.cert.is_some()),
+            (tls.key_file.is_some(), tls.key.is_some()),
+        ],
+        &|field| at(&format!("tls.{field}")),
+    )?;
+    if tls.mode == TlsMode::Disable && (ca || cert || key) {
+        return invalid(at("tls.mode"), "is disable but TLS material is set");
     }
-    if tls.mode == TlsMode::Disable && (tls.ca_file.is_some() || tls.cert_file.is_some()) {
-        return invalid(at("tls.mode"), "is disable but TLS files are set");
-    }
-    if matches!(tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && tls.ca_file.is_none() {
+    if matches!(tls.mode, TlsMode::VerifyCa | TlsMode::VerifyFull) && !ca {
         return invalid(
             at("tls.ca_file"),
-            "is required by verify-ca and verify-full",
+            "(or tls.ca) is required by verify-ca and verify-full",
         );
     }
     Ok(())
+}
+
+/// Checks the `(x_file set, x set)` pairs of `ca`, `cert` and `key`: each is given at most
+/// one way, and a certificate comes with its key. Returns which of the three are given;
+/// `at` turns a field name (`ca`, `key_file`) into its path.
+fn check_pem_pairs(
+    pairs: [(bool, bool); 3],
+    at: &dyn Fn(&str) -> String,
+) -> Result<(bool, bool, bool), Error> {
+    for ((file, pem), name) in pairs.iter().zip(["ca", "cert", "key"]) {
+        if *file && *pem {
+            invalid(at(name), format!("is exclusive with {name}_file"))?;
+        }
+    }
+    let [ca, cert, key] = pairs.map(|(file, pem)| file || pem);
+    if cert != key {
+        invalid(
+            at("key"),
+            "a client certificate (cert or cert_file) and its key (key or key_file) go \
+             together",
+        )?;
+    }
+    Ok((ca, cert, key))
 }
 
 /// At most one explicit carrier per endpoint.
@@ -236,20 +264,28 @@ fn check_carriers(config: &Config) -> Result<(), Error> {
 
 fn check_exporter(config: &Config) -> Result<(), Error> {
     let e = &config.exporter;
+    let (ca, cert, _) = check_pem_pairs(
+        [
+            (e.tls.ca_file.is_some(), e.tls.ca.is_some()),
+            (e.tls.cert_file.is_some(), e.tls.cert.is_some()),
+            (e.tls.key_file.is_some(), e.tls.key.is_some()),
+        ],
+        &|field| format!("exporter.tls.{field}"),
+    )?;
     let Ok(uri) = e.endpoint.parse::<http::Uri>() else {
         return invalid("exporter.endpoint", "is not a URL");
     };
     match uri.scheme_str() {
         Some("http") => {
-            if e.tls.ca_file.is_some() || e.tls.cert_file.is_some() {
+            if ca || cert {
                 return invalid("exporter.tls", "is set but the endpoint is http://");
             }
         }
         Some("https") => {
-            if e.tls.ca_file.is_none() {
+            if !ca {
                 return invalid(
                     "exporter.tls.ca_file",
-                    "is required for an https:// endpoint",
+                    "(or exporter.tls.ca) is required for an https:// endpoint",
                 );
             }
         }
@@ -266,12 +302,6 @@ fn check_exporter(config: &Config) -> Result<(), Error> {
     }
     if e.protocol == Protocol::Grpc && uri.path() != "/" && !uri.path().is_empty() {
         return invalid("exporter.endpoint", "a gRPC endpoint takes no path");
-    }
-    if e.tls.cert_file.is_some() != e.tls.key_file.is_some() {
-        return invalid(
-            "exporter.tls.key_file",
-            "cert_file and key_file go together",
-        );
     }
     for name in e.headers.keys() {
         if http::HeaderName::from_bytes(name.as_bytes()).is_err() {

@@ -87,6 +87,24 @@ pub enum Error {
         #[source]
         source: rustls::pki_types::pem::Error,
     },
+    /// A TLS value source (`exporter.tls.ca`, `cert` or `key`) could not be read.
+    #[error("{field}: reading the value")]
+    TlsSource {
+        /// The config field, e.g. `exporter.tls.ca`.
+        field: &'static str,
+        /// Why (names the file, variable or Secret, never the content).
+        #[source]
+        source: secret::Error,
+    },
+    /// A TLS value source holds no certificate or key, or malformed PEM.
+    #[error("{field}: the value holds no valid PEM")]
+    PemValue {
+        /// The config field.
+        field: &'static str,
+        /// The parse error.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
     /// The TLS settings were refused by the client library.
     #[error("exporter.tls: building the TLS client configuration")]
     Tls {

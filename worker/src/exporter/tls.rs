@@ -1,5 +1,5 @@
-//! Reads and checks the exporter's PEM files once at start, so a bad file is reported with
-//! its config field instead of as a handshake failure at the first export.
+//! Reads and checks the exporter's PEM material once at start, so a bad file or Secret is
+//! reported with its config field instead of as a handshake failure at the first export.
 
 use std::path::Path;
 
@@ -7,7 +7,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::Error;
-use crate::config::ExporterTls;
+use crate::config::{ExporterTls, ValueSource};
+use crate::secret;
 
 /// The PEM contents of `exporter.tls`, each checked to hold what its field promises.
 #[derive(Debug, Default)]
@@ -19,21 +20,35 @@ pub(crate) struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// Reads the files named in `tls`.
+    /// Reads the files and value sources named in `tls` (validation lets each of `ca`,
+    /// `cert` and `key` be given one way at most).
     ///
     /// # Errors
-    /// [`Error::ReadFile`] when a file cannot be read, [`Error::Pem`] when it holds no
-    /// certificate (or key) or malformed PEM.
+    /// [`Error::ReadFile`] or [`Error::TlsSource`] when a file or source cannot be read,
+    /// [`Error::Pem`] or [`Error::PemValue`] when it holds no certificate (or key) or
+    /// malformed PEM.
     pub(crate) fn load(tls: &ExporterTls) -> Result<Self, Error> {
-        let ca = match &tls.ca_file {
-            Some(path) => Some(certificates("exporter.tls.ca_file", path)?),
-            None => None,
-        };
-        let identity = match (&tls.cert_file, &tls.key_file) {
-            (Some(cert), Some(key)) => Some((
-                certificates("exporter.tls.cert_file", cert)?,
-                private_key(key)?,
-            )),
+        let ca = Pem::pick(
+            &tls.ca_file,
+            &tls.ca,
+            "exporter.tls.ca_file",
+            "exporter.tls.ca",
+        )?;
+        let cert = Pem::pick(
+            &tls.cert_file,
+            &tls.cert,
+            "exporter.tls.cert_file",
+            "exporter.tls.cert",
+        )?;
+        let key = Pem::pick(
+            &tls.key_file,
+            &tls.key,
+            "exporter.tls.key_file",
+            "exporter.tls.key",
+        )?;
+        let ca = ca.map(Pem::certificates).transpose()?;
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert.certificates()?, key.private_key()?)),
             // Validation pairs them; a lone one is ignored here rather than guessed at.
             _ => None,
         };
@@ -41,45 +56,80 @@ impl TlsFiles {
     }
 }
 
-fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::ReadFile {
-        field,
-        path: path.to_owned(),
-        source,
-    })
+/// PEM bytes read for a config field, with the file they came from when there is one.
+struct Pem<'a> {
+    field: &'static str,
+    path: Option<&'a Path>,
+    bytes: Vec<u8>,
 }
 
-fn certificates(field: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
-    let pem = read(field, path)?;
-    let mut found = false;
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        cert.map_err(|source| Error::Pem {
-            field,
-            path: path.to_owned(),
+impl<'a> Pem<'a> {
+    /// Reads whichever of the file (`file_field`) or the value source (`source_field`) is set.
+    fn pick(
+        file: &'a Option<std::path::PathBuf>,
+        source: &Option<ValueSource>,
+        file_field: &'static str,
+        source_field: &'static str,
+    ) -> Result<Option<Self>, Error> {
+        if let Some(path) = file {
+            let bytes = std::fs::read(path).map_err(|source| Error::ReadFile {
+                field: file_field,
+                path: path.to_owned(),
+                source,
+            })?;
+            return Ok(Some(Self {
+                field: file_field,
+                path: Some(path),
+                bytes,
+            }));
+        }
+        let Some(source) = source else {
+            return Ok(None);
+        };
+        let text = secret::read(source).map_err(|source| Error::TlsSource {
+            field: source_field,
             source,
         })?;
-        found = true;
+        Ok(Some(Self {
+            field: source_field,
+            path: None,
+            bytes: text.into_bytes(),
+        }))
     }
-    if !found {
-        let source = rustls::pki_types::pem::Error::NoItemsFound;
-        return Err(Error::Pem {
-            field,
-            path: path.to_owned(),
-            source,
-        });
-    }
-    Ok(pem)
-}
 
-fn private_key(path: &Path) -> Result<Vec<u8>, Error> {
-    let field = "exporter.tls.key_file";
-    let pem = read(field, path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|source| Error::Pem {
-        field,
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(pem)
+    /// The error for PEM that does not parse, naming the file when there is one.
+    fn invalid(&self, source: rustls::pki_types::pem::Error) -> Error {
+        match self.path {
+            Some(path) => Error::Pem {
+                field: self.field,
+                path: path.to_owned(),
+                source,
+            },
+            None => Error::PemValue {
+                field: self.field,
+                source,
+            },
+        }
+    }
+
+    /// The bytes, once checked to hold at least one certificate and nothing malformed.
+    fn certificates(self) -> Result<Vec<u8>, Error> {
+        let mut found = false;
+        for cert in CertificateDer::pem_slice_iter(&self.bytes) {
+            cert.map_err(|source| self.invalid(source))?;
+            found = true;
+        }
+        if !found {
+            return Err(self.invalid(rustls::pki_types::pem::Error::NoItemsFound));
+        }
+        Ok(self.bytes)
+    }
+
+    /// The bytes, once checked to hold a private key.
+    fn private_key(self) -> Result<Vec<u8>, Error> {
+        PrivateKeyDer::from_pem_slice(&self.bytes).map_err(|source| self.invalid(source))?;
+        Ok(self.bytes)
+    }
 }
 
 #[cfg(test)]
@@ -116,6 +166,32 @@ mod tests {
                 path.display()
             )
         );
+    }
+
+    #[test]
+    fn ca_value_without_certificates_names_the_field_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let tls = ExporterTls {
+            ca: Some(ValueSource::File(path)),
+            ..Default::default()
+        };
+        let err = TlsFiles::load(&tls).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "exporter.tls.ca: the value holds no valid PEM"
+        );
+    }
+
+    #[test]
+    fn unreadable_ca_value_names_the_field() {
+        let tls = ExporterTls {
+            ca: Some(ValueSource::Env("DBCOLLECTOR_TEST_UNSET_CA_8431".into())),
+            ..Default::default()
+        };
+        let err = TlsFiles::load(&tls).unwrap_err();
+        assert_eq!(err.to_string(), "exporter.tls.ca: reading the value");
     }
 
     #[test]

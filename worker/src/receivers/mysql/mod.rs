@@ -25,7 +25,7 @@ use self::probe::{Capabilities, Flavor, Reporter};
 use super::{ErrorKind, Scrape, ScrapeError, StatementSet, TargetSpec};
 use crate::config::{QueryText, TlsMode};
 use crate::metrics::{unix_nanos_now, PointSink, Resource};
-use crate::pool::{self, ConnectHook, DbPool, Endpoints, Lease};
+use crate::pool::{self, ConnectHook, DbPool, Endpoints, Lease, Sources};
 use crate::telemetry::Metrics;
 
 /// Capabilities are probed again after this many scrapes (a grant may have been added),
@@ -352,7 +352,7 @@ impl Collector {
         let pool = endpoint.pool::<MySql>(
             Arc::from("information_schema"),
             connect_options(&spec),
-            spec.password.clone(),
+            Sources::new(spec.password.clone(), &spec.tls),
             Some(setup),
             spec.connect_timeout,
         );

@@ -35,7 +35,7 @@ use self::probe::{Checkpoints, Probe, Statements};
 use self::queries::{Context, Session};
 use crate::config::{QueryText, TlsMode};
 use crate::metrics::{unix_nanos_now, Point, PointSink, Resource};
-use crate::pool::{self, DbPool, Endpoint, Endpoints};
+use crate::pool::{self, DbPool, Endpoint, Endpoints, Sources};
 use crate::receivers::{
     discover_keeps, resource, Databases, ErrorKind, Scrape, ScrapeError, StatementSet, TargetSpec,
 };
@@ -302,7 +302,7 @@ impl Collector {
         let pool = self.endpoint.pool::<Postgres>(
             name.clone(),
             self.connect.clone().database(&name),
-            self.spec.password.clone(),
+            Sources::new(self.spec.password.clone(), &self.spec.tls),
             None,
             self.spec.connect_timeout,
         );

@@ -251,9 +251,11 @@ fn print_summary(summary: &serde_json::Value) {
             println!(
                 "{:<48} {:>8} {:>10} {:>18}  {}",
                 name,
-                m["points"],
+                m["points"].as_u64().unwrap_or(0),
                 m["kind"].as_str().unwrap_or(""),
-                m["last"].to_string(),
+                m["last"]
+                    .as_f64()
+                    .map_or_else(|| m["last"].to_string(), |v| format!("{v:.6}")),
                 m["unit"].as_str().unwrap_or("")
             );
         }

@@ -230,6 +230,15 @@ fn signal(child: &tokio::process::Child, sig: libc::c_int) {
     }
 }
 
+/// A value for the table: integers as such, fractions to six places.
+fn last(value: &serde_json::Value) -> String {
+    match value.as_f64() {
+        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{v:.0}"),
+        Some(v) => format!("{v:.6}"),
+        None => value.to_string(),
+    }
+}
+
 fn print_summary(summary: &serde_json::Value) {
     println!();
     println!("== what the independent OTLP receiver decoded ==");
@@ -253,9 +262,7 @@ fn print_summary(summary: &serde_json::Value) {
                 name,
                 m["points"].as_u64().unwrap_or(0),
                 m["kind"].as_str().unwrap_or(""),
-                m["last"]
-                    .as_f64()
-                    .map_or_else(|| m["last"].to_string(), |v| format!("{v:.6}")),
+                last(&m["last"]),
                 m["unit"].as_str().unwrap_or("")
             );
         }

@@ -146,7 +146,7 @@ impl MariaDbServer {
             let offset = server.process.log_len();
             match server.run().await {
                 Ok(()) => break,
-                Err(_) if attempt < 3 && server.port_was_taken(offset) => continue,
+                Err(_) if attempt < 3 && server.process.port_was_taken(offset) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -259,17 +259,9 @@ impl MariaDbServer {
     ///
     /// Fails when the server does not exit within 30 s; it is then killed.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        if !self.process.is_running() {
-            return Ok(());
-        }
         self.process
-            .signal(libc::SIGTERM)
-            .context("signalling mariadbd")?;
-        if !self.process.wait_exit(Duration::from_secs(30)).await {
-            self.process.kill_group_blocking();
-            bail!("mariadbd did not shut down within 30s and was killed");
-        }
-        Ok(())
+            .shut_down(libc::SIGTERM, Duration::from_secs(30))
+            .await
     }
 
     /// Simulates a crash: SIGKILLs the server. The next start runs crash recovery.
@@ -290,9 +282,7 @@ impl MariaDbServer {
     /// Fails when the server is running, or does not become ready (e.g. the port was
     /// taken meanwhile).
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
-        if self.process.is_running() {
-            bail!("mariadbd is still running; stop() or kill() it first");
-        }
+        self.process.ensure_stopped()?;
         self.run().await
     }
 
@@ -322,12 +312,6 @@ impl MariaDbServer {
             .wait_ready(offset, self.opts.start_timeout, || probe(options.clone()))
             .await
             .with_context(|| format!("starting mariadbd on port {}", self.port))
-    }
-
-    fn port_was_taken(&self, log_offset: u64) -> bool {
-        self.process
-            .log_since(log_offset)
-            .contains("Address already in use")
     }
 }
 

@@ -110,7 +110,7 @@ impl PgServer {
             let offset = server.process.log_len();
             match server.run().await {
                 Ok(()) => break,
-                Err(_) if attempt < 3 && server.port_was_taken(offset) => continue,
+                Err(_) if attempt < 3 && server.process.port_was_taken(offset) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -226,17 +226,9 @@ impl PgServer {
     ///
     /// Fails when the server does not exit within 30 s; it is then killed.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        if !self.process.is_running() {
-            return Ok(());
-        }
         self.process
-            .signal(libc::SIGINT)
-            .context("signalling postgres")?;
-        if !self.process.wait_exit(Duration::from_secs(30)).await {
-            self.process.kill_group_blocking();
-            bail!("postgres did not shut down within 30s and was killed");
-        }
-        Ok(())
+            .shut_down(libc::SIGINT, Duration::from_secs(30))
+            .await
     }
 
     /// Simulates a crash: SIGKILLs the postmaster and all its backends at once, as when a
@@ -268,9 +260,7 @@ impl PgServer {
     /// Fails when the server is running, or does not become ready (e.g. the port was
     /// taken meanwhile).
     pub async fn start_again(&mut self) -> anyhow::Result<()> {
-        if self.process.is_running() {
-            bail!("postgres is still running; stop() or kill() it first");
-        }
+        self.process.ensure_stopped()?;
         self.run().await
     }
 
@@ -293,12 +283,6 @@ impl PgServer {
             .wait_ready(offset, self.opts.start_timeout, || probe(options.clone()))
             .await
             .with_context(|| format!("starting postgres on port {}", self.port))
-    }
-
-    fn port_was_taken(&self, log_offset: u64) -> bool {
-        self.process
-            .log_since(log_offset)
-            .contains("Address already in use")
     }
 
     async fn create_pg_stat_statements(&self) -> anyhow::Result<()> {

@@ -238,6 +238,43 @@ impl ServerProcess {
         true
     }
 
+    /// Asks the server to shut down with `signal` and waits up to `timeout` for it to exit.
+    /// Does nothing when it is not running.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the signal cannot be sent, or when the server does not exit in time; it
+    /// is then killed, so that it never outlives a failed stop.
+    pub async fn shut_down(&mut self, signal: c_int, timeout: Duration) -> anyhow::Result<()> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        self.signal(signal)
+            .with_context(|| format!("signalling {}", self.name))?;
+        if !self.wait_exit(timeout).await {
+            self.kill_group_blocking();
+            bail!(
+                "{} did not shut down within {timeout:?} and was killed",
+                self.name
+            );
+        }
+        Ok(())
+    }
+
+    /// Fails when the server is running: a restart must follow a stop or a kill.
+    pub fn ensure_stopped(&self) -> anyhow::Result<()> {
+        if self.is_running() {
+            bail!("{} is still running; stop() or kill() it first", self.name);
+        }
+        Ok(())
+    }
+
+    /// Whether the log written since `offset` says the listening port was taken, which a
+    /// start on another port can get past.
+    pub fn port_was_taken(&self, offset: u64) -> bool {
+        self.log_since(offset).contains("Address already in use")
+    }
+
     /// Kills the whole process group and reaps the main process.
     pub fn kill_group_blocking(&mut self) {
         if let Err(e) = self.signal_group(libc::SIGKILL) {

@@ -134,8 +134,34 @@ fn target(
     Ok(specs.remove(0))
 }
 
+/// [`target`] on 127.0.0.1, where both test servers listen and which their certificates
+/// name.
+fn loopback_target(
+    engine: &str,
+    port: u16,
+    user: &str,
+    password_file: &str,
+    tls: &DbTlsYaml<'_>,
+) -> TargetSpec {
+    target(engine, "127.0.0.1", port, user, password_file, tls).unwrap()
+}
+
+/// TLS settings of `mode` verifying against `ca`; `require` verifies no certificate, so it
+/// is given no CA, to show it needs none.
+fn verifying<'a>(mode: &'a str, ca: &'a Path) -> DbTlsYaml<'a> {
+    DbTlsYaml::mode(mode, (mode != "require").then_some(ca))
+}
+
 fn endpoints(metrics: &Arc<Metrics>) -> Endpoints {
     Endpoints::new(config::Connections::default(), metrics.clone())
+}
+
+/// Asserts that a scrape succeeded, showing the whole error chain when it did not.
+#[track_caller]
+fn assert_scraped<T>(result: Result<T, ScrapeError>, what: &str) {
+    if let Err(e) = result {
+        panic!("{what}: the scrape failed: {}", chain(&e));
+    }
 }
 
 /// Asserts that a scrape failed to connect, and returns the error text.
@@ -250,6 +276,19 @@ async fn pg_sessions(
         .collect()
 }
 
+/// Asserts that `role` has sessions and that every one of them is encrypted with TLS 1.x.
+async fn assert_pg_encrypted(server: &PgServer, role: &str, what: &str) {
+    let sessions = pg_sessions(server, role).await.unwrap();
+    assert!(!sessions.is_empty(), "{what}: no session of {role} found");
+    for (ssl, version, _) in &sessions {
+        assert!(*ssl, "{what}: the session of {role} is not encrypted");
+        assert!(
+            version.as_deref().is_some_and(|v| v.starts_with("TLSv1.")),
+            "{what}: TLS version {version:?}"
+        );
+    }
+}
+
 fn pg_collector(spec: TargetSpec) -> postgres::Collector {
     let metrics = Arc::new(Metrics::unregistered());
     postgres::Collector::new(spec, &endpoints(&metrics), metrics)
@@ -260,7 +299,6 @@ async fn postgres_sessions_are_encrypted_in_require_verify_ca_and_verify_full() 
     init();
     let fx = pg().await;
     let (_dir, password) = password_file().unwrap();
-    let ca = Some(fx.pki.ca_pem_path.as_path());
 
     for (role, mode) in [
         ("tls_pg_require", "require"),
@@ -268,33 +306,13 @@ async fn postgres_sessions_are_encrypted_in_require_verify_ca_and_verify_full() 
         ("tls_pg_verify_full", "verify-full"),
     ] {
         pg_role(&fx.server, role).await.unwrap();
-        let ca = if mode == "require" { None } else { ca };
-        let spec = target(
-            "postgresql",
-            "127.0.0.1",
-            fx.server.port(),
-            role,
-            &password,
-            &DbTlsYaml::mode(mode, ca),
-        )
-        .unwrap();
-        let mut collector = pg_collector(spec);
+        let tls = verifying(mode, &fx.pki.ca_pem_path);
+        let port = fx.server.port();
+        let mut collector =
+            pg_collector(loopback_target("postgresql", port, role, &password, &tls));
 
-        let scrape = collector.scrape().await;
-        assert!(
-            scrape.is_ok(),
-            "{mode}: {}",
-            scrape.err().map(|e| chain(&e)).unwrap_or_default()
-        );
-        let sessions = pg_sessions(&fx.server, role).await.unwrap();
-        assert!(!sessions.is_empty(), "{mode}: no session of {role} found");
-        for (ssl, version, _) in &sessions {
-            assert!(*ssl, "{mode}: the session of {role} is not encrypted");
-            assert!(
-                version.as_deref().is_some_and(|v| v.starts_with("TLSv1.")),
-                "{mode}: TLS version {version:?}"
-            );
-        }
+        assert_scraped(collector.scrape().await, mode);
+        assert_pg_encrypted(&fx.server, role, mode).await;
         collector.close().await;
     }
 }
@@ -307,15 +325,14 @@ async fn postgres_plaintext_is_refused_for_tls_only_roles() {
     let fx = pg().await;
     let (_dir, password) = password_file().unwrap();
     pg_role(&fx.server, "tls_pg_plain").await.unwrap();
-    let spec = target(
+    let tls = DbTlsYaml::mode("disable", None);
+    let spec = loopback_target(
         "postgresql",
-        "127.0.0.1",
         fx.server.port(),
         "tls_pg_plain",
         &password,
-        &DbTlsYaml::mode("disable", None),
-    )
-    .unwrap();
+        &tls,
+    );
     let mut collector = pg_collector(spec);
 
     let text = connect_failure(collector.scrape().await, "disable");
@@ -344,12 +361,7 @@ async fn postgres_verify_full_refuses_a_host_the_certificate_does_not_name() {
 
     // The same server and chain by an address the certificate names: accepted.
     let mut collector = pg_collector(spec("127.0.0.1", "verify-full"));
-    let scrape = collector.scrape().await;
-    assert!(
-        scrape.is_ok(),
-        "verify-full via 127.0.0.1: {}",
-        scrape.err().map(|e| chain(&e)).unwrap_or_default()
-    );
+    assert_scraped(collector.scrape().await, "verify-full via 127.0.0.1");
     collector.close().await;
 
     let mut collector = pg_collector(spec("127.0.0.2", "verify-full"));
@@ -376,15 +388,14 @@ async fn postgres_verify_ca_refuses_a_server_signed_by_another_ca() {
     pg_role(&fx.server, "tls_pg_wrong_ca").await.unwrap();
 
     for mode in ["verify-ca", "verify-full"] {
-        let spec = target(
+        let tls = DbTlsYaml::mode(mode, Some(&fx.pki.other_ca_pem_path));
+        let spec = loopback_target(
             "postgresql",
-            "127.0.0.1",
             fx.server.port(),
             "tls_pg_wrong_ca",
             &password,
-            &DbTlsYaml::mode(mode, Some(&fx.pki.other_ca_pem_path)),
-        )
-        .unwrap();
+            &tls,
+        );
         let mut collector = pg_collector(spec);
         let text = connect_failure(collector.scrape().await, mode);
         assert!(is_unknown_issuer(&text), "{mode}: {text}");
@@ -404,18 +415,11 @@ async fn postgres_verify_full_with_the_ca_pem_from_a_value_source_is_encrypted()
     let role = "tls_pg_ca_source";
     pg_role(&fx.server, role).await.unwrap();
     let spec = |ca: &'static Path| {
-        target(
-            "postgresql",
-            "127.0.0.1",
-            fx.server.port(),
-            role,
-            &password,
-            &DbTlsYaml {
-                ca_source: Some(ca),
-                ..DbTlsYaml::mode("verify-full", None)
-            },
-        )
-        .unwrap()
+        let tls = DbTlsYaml {
+            ca_source: Some(ca),
+            ..DbTlsYaml::mode("verify-full", None)
+        };
+        loopback_target("postgresql", fx.server.port(), role, &password, &tls)
     };
 
     // The PEM content is what verifies: another CA's is refused.
@@ -426,21 +430,8 @@ async fn postgres_verify_full_with_the_ca_pem_from_a_value_source_is_encrypted()
     assert!(pg_sessions(&fx.server, role).await.unwrap().is_empty());
 
     let mut collector = pg_collector(spec(&fx.pki.ca_pem_path));
-    let scrape = collector.scrape().await;
-    assert!(
-        scrape.is_ok(),
-        "{}",
-        scrape.err().map(|e| chain(&e)).unwrap_or_default()
-    );
-    let sessions = pg_sessions(&fx.server, role).await.unwrap();
-    assert!(!sessions.is_empty(), "no session of {role} found");
-    for (ssl, version, _) in &sessions {
-        assert!(*ssl, "the session of {role} is not encrypted");
-        assert!(
-            version.as_deref().is_some_and(|v| v.starts_with("TLSv1.")),
-            "TLS version {version:?}"
-        );
-    }
+    assert_scraped(collector.scrape().await, "the right CA");
+    assert_pg_encrypted(&fx.server, role, "the right CA").await;
     collector.close().await;
 }
 
@@ -452,15 +443,8 @@ async fn postgres_client_certificate_is_presented_when_the_server_requires_one()
     let ca = Some(fx.pki.ca_pem_path.as_path());
 
     // Without a certificate the server refuses the role (hba clientcert=verify-full).
-    let spec = target(
-        "postgresql",
-        "127.0.0.1",
-        fx.server.port(),
-        CLIENT_NAME,
-        &password,
-        &DbTlsYaml::mode("verify-full", ca),
-    )
-    .unwrap();
+    let tls = DbTlsYaml::mode("verify-full", ca);
+    let spec = loopback_target("postgresql", fx.server.port(), CLIENT_NAME, &password, &tls);
     let mut collector = pg_collector(spec);
     let text = connect_failure(collector.scrape().await, "no client certificate");
     assert!(text.contains("certificate"), "{text}");
@@ -470,22 +454,9 @@ async fn postgres_client_certificate_is_presented_when_the_server_requires_one()
         identity: Some((&fx.pki.client_cert_path, &fx.pki.client_key_path)),
         ..DbTlsYaml::mode("verify-full", ca)
     };
-    let spec = target(
-        "postgresql",
-        "127.0.0.1",
-        fx.server.port(),
-        CLIENT_NAME,
-        &password,
-        &tls,
-    )
-    .unwrap();
+    let spec = loopback_target("postgresql", fx.server.port(), CLIENT_NAME, &password, &tls);
     let mut collector = pg_collector(spec);
-    let scrape = collector.scrape().await;
-    assert!(
-        scrape.is_ok(),
-        "with a client certificate: {}",
-        scrape.err().map(|e| chain(&e)).unwrap_or_default()
-    );
+    assert_scraped(collector.scrape().await, "with a client certificate");
     let sessions = pg_sessions(&fx.server, CLIENT_NAME).await.unwrap();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     let (ssl, _, client_dn) = &sessions[0];
@@ -505,15 +476,14 @@ async fn postgres_ca_file_is_read_again_at_each_connect() {
     pg_role(&fx.server, "tls_pg_reread").await.unwrap();
     let ca_path = dir.path().join("ca.pem");
     std::fs::copy(&fx.pki.other_ca_pem_path, &ca_path).unwrap();
-    let spec = target(
+    let tls = DbTlsYaml::mode("verify-ca", Some(&ca_path));
+    let spec = loopback_target(
         "postgresql",
-        "127.0.0.1",
         fx.server.port(),
         "tls_pg_reread",
         &password,
-        &DbTlsYaml::mode("verify-ca", Some(&ca_path)),
-    )
-    .unwrap();
+        &tls,
+    );
     let mut collector = pg_collector(spec);
 
     // The file names the wrong CA: no connection.
@@ -523,12 +493,7 @@ async fn postgres_ca_file_is_read_again_at_each_connect() {
     // The right CA written to the same path is used by the next connect of the same
     // collector.
     std::fs::copy(&fx.pki.ca_pem_path, &ca_path).unwrap();
-    let scrape = collector.scrape().await;
-    assert!(
-        scrape.is_ok(),
-        "right CA in the file: {}",
-        scrape.err().map(|e| chain(&e)).unwrap_or_default()
-    );
+    assert_scraped(collector.scrape().await, "right CA in the file");
     let sessions = pg_sessions(&fx.server, "tls_pg_reread").await.unwrap();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert!(sessions[0].0);
@@ -624,7 +589,6 @@ async fn mysql_sessions_are_encrypted_in_require_verify_ca_and_verify_full() {
     init();
     let fx = mariadb().await;
     let (_dir, password) = password_file().unwrap();
-    let ca = Some(fx.pki.ca_pem_path.as_path());
 
     for (user, mode) in [
         ("tls_my_require", "require"),
@@ -632,24 +596,11 @@ async fn mysql_sessions_are_encrypted_in_require_verify_ca_and_verify_full() {
         ("tls_my_verify_full", "verify-full"),
     ] {
         mariadb_user(&fx.server, user).await.unwrap();
-        let ca = if mode == "require" { None } else { ca };
-        let spec = target(
-            "mysql",
-            "127.0.0.1",
-            fx.server.port(),
-            user,
-            &password,
-            &DbTlsYaml::mode(mode, ca),
-        )
-        .unwrap();
-        let mut collector = mysql_collector(spec);
+        let tls = verifying(mode, &fx.pki.ca_pem_path);
+        let port = fx.server.port();
+        let mut collector = mysql_collector(loopback_target("mysql", port, user, &password, &tls));
 
-        let scrape = collector.scrape().await;
-        assert!(
-            scrape.is_ok(),
-            "{mode}: {}",
-            scrape.err().map(|e| chain(&e)).unwrap_or_default()
-        );
+        assert_scraped(collector.scrape().await, mode);
         let ciphers = mariadb_ciphers(&fx.server, user).await.unwrap();
         assert!(!ciphers.is_empty(), "{mode}: no session of {user} found");
         for cipher in &ciphers {
@@ -668,15 +619,8 @@ async fn mysql_plaintext_is_refused_for_users_that_require_ssl() {
     let fx = mariadb().await;
     let (_dir, password) = password_file().unwrap();
     mariadb_user(&fx.server, "tls_my_plain").await.unwrap();
-    let spec = target(
-        "mysql",
-        "127.0.0.1",
-        fx.server.port(),
-        "tls_my_plain",
-        &password,
-        &DbTlsYaml::mode("disable", None),
-    )
-    .unwrap();
+    let tls = DbTlsYaml::mode("disable", None);
+    let spec = loopback_target("mysql", fx.server.port(), "tls_my_plain", &password, &tls);
     let mut collector = mysql_collector(spec);
 
     let text = connect_failure(collector.scrape().await, "disable");
@@ -690,15 +634,14 @@ async fn mysql_verify_ca_refuses_a_server_signed_by_another_ca() {
     let fx = mariadb().await;
     let (_dir, password) = password_file().unwrap();
     mariadb_user(&fx.server, "tls_my_wrong_ca").await.unwrap();
-    let spec = target(
+    let tls = DbTlsYaml::mode("verify-ca", Some(&fx.pki.other_ca_pem_path));
+    let spec = loopback_target(
         "mysql",
-        "127.0.0.1",
         fx.server.port(),
         "tls_my_wrong_ca",
         &password,
-        &DbTlsYaml::mode("verify-ca", Some(&fx.pki.other_ca_pem_path)),
-    )
-    .unwrap();
+        &tls,
+    );
     let mut collector = mysql_collector(spec);
 
     let text = connect_failure(collector.scrape().await, "verify-ca with another CA");

@@ -5,14 +5,11 @@
 
 mod operator_support;
 
-use std::collections::BTreeMap;
-
 use dbcollector_crds::status::DEGRADED;
 use dbcollector_tests::eventually;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::ByteString;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
 use kube::Config;
@@ -185,21 +182,7 @@ subjects: [{{ kind: ServiceAccount, name: dbcollector-operator, namespace: {ns} 
     .await
     .unwrap();
 
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("pg-monitor".to_owned()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "password".to_owned(),
-            ByteString(b"pw".to_vec()),
-        )])),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    create_password_secret(&admin, ns, "pg-monitor", b"pw").await;
     let operator = start_operator(config_of(&kubeconfig), options(ns, "restricted"));
     operator.wait_leading().await;
     let mut with_secret = spec(2, 32, 3);

@@ -5,19 +5,16 @@
 
 mod operator_support;
 
-use std::collections::BTreeMap;
-
 use dbcollector_crds::annotations::{ShardAssignment, SHARD_SPACE};
 use dbcollector_crds::status::{AVAILABLE, DEGRADED, READY};
 use dbcollector_tests::eventually;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use operator_support::*;
 use serde_json::json;
 
@@ -63,35 +60,11 @@ async fn a_collector_gets_its_children_owned_by_it_and_they_go_with_it() {
     .await;
     assert!(owned_by_collector(map.owner_references()));
     for object in [
-        wait_exists(&Api::<Service>::namespaced(client.clone(), ns), "orders")
-            .await
-            .meta()
-            .clone(),
-        wait_exists(
-            &Api::<ServiceAccount>::namespaced(client.clone(), ns),
-            "orders-worker",
-        )
-        .await
-        .meta()
-        .clone(),
-        wait_exists(
-            &Api::<Role>::namespaced(client.clone(), ns),
-            "orders-worker",
-        )
-        .await
-        .meta()
-        .clone(),
-        wait_exists(
-            &Api::<RoleBinding>::namespaced(client.clone(), ns),
-            "orders-worker",
-        )
-        .await
-        .meta()
-        .clone(),
-        wait_exists(&Api::<Lease>::namespaced(client.clone(), ns), "orders-1")
-            .await
-            .meta()
-            .clone(),
+        meta_of::<Service>(&client, ns, "orders").await,
+        meta_of::<ServiceAccount>(&client, ns, "orders-worker").await,
+        meta_of::<Role>(&client, ns, "orders-worker").await,
+        meta_of::<RoleBinding>(&client, ns, "orders-worker").await,
+        meta_of::<Lease>(&client, ns, "orders-1").await,
     ] {
         let owners = object.owner_references.unwrap_or_default();
         assert!(owned_by_collector(&owners), "{:?}", object.name);
@@ -398,21 +371,7 @@ async fn a_missing_secret_is_degraded_naming_it_until_it_is_created() {
     )
     .await;
 
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("pg-monitor".to_owned()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "password".to_owned(),
-            ByteString(b"s3cret".to_vec()),
-        )])),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    create_password_secret(&client, ns, "pg-monitor", b"s3cret").await;
     // Nobody touches the collector: the Secret's own watch event brings the change.
     let status = wait_status(&client, ns, "orders", "the Secret no longer named", |s| {
         condition(s, DEGRADED).is_some_and(|c| !c.message.contains("pg-monitor"))

@@ -281,6 +281,38 @@ where
     .unwrap()
 }
 
+/// The metadata of `name` once it exists in `ns`.
+pub async fn meta_of<K>(client: &Client, ns: &str, name: &str) -> kube::api::ObjectMeta
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api = Api::<K>::namespaced(client.clone(), ns);
+    wait_exists(&api, name).await.meta().clone()
+}
+
+/// Creates Secret `name` in `ns` holding `password` under the key `password`.
+pub async fn create_password_secret(client: &Client, ns: &str, name: &str, password: &[u8]) {
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        data: Some(std::collections::BTreeMap::from([(
+            "password".to_owned(),
+            k8s_openapi::ByteString(password.to_vec()),
+        )])),
+        ..Default::default()
+    };
+    Api::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+}
+
 /// The worker pods of collector `name`, by ordinal.
 pub async fn worker_pods(client: &Client, ns: &str, name: &str) -> Vec<Pod> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);

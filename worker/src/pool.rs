@@ -227,8 +227,13 @@ impl Endpoint {
         self.members.load(Ordering::Relaxed) > self.budget()
     }
 
-    fn in_use(&self) -> i64 {
-        i64::from(self.budget()) - self.permits.available_permits() as i64
+    /// Publishes how many connections the endpoint's permits allow open right now.
+    fn publish_open(&self) {
+        let in_use = i64::from(self.budget()) - self.permits.available_permits() as i64;
+        self.metrics
+            .connections_open
+            .get_or_create(&self.label)
+            .set(in_use);
     }
 
     /// Adds a target's databases to the plan (`None`: it discovers them, which takes
@@ -292,7 +297,6 @@ impl Endpoint {
             last: Mutex::new(None),
             permit: Arc::new(tokio::sync::Mutex::new(None)),
             acquire_timeout: self.settings.acquire_timeout,
-            metrics: self.metrics.clone(),
         }
     }
 }
@@ -358,7 +362,6 @@ pub struct DbPool<DB: Engine> {
     last: Mutex<Option<Read>>,
     permit: Arc<tokio::sync::Mutex<Option<OwnedSemaphorePermit>>>,
     acquire_timeout: Duration,
-    metrics: Arc<Metrics>,
 }
 
 /// A connection in use. Give it back with [`Lease::release`]; a lease dropped without
@@ -368,7 +371,6 @@ pub struct Lease<DB: Engine> {
     conn: Option<PoolConnection<DB>>,
     slot: OwnedMutexGuard<Option<OwnedSemaphorePermit>>,
     endpoint: Arc<Endpoint>,
-    metrics: Arc<Metrics>,
 }
 
 impl<DB: Engine> DbPool<DB> {
@@ -402,7 +404,7 @@ impl<DB: Engine> DbPool<DB> {
                 timeout: self.acquire_timeout,
             })?;
             *slot = Some(permit);
-            self.publish_open();
+            self.endpoint.publish_open();
         }
 
         let result = async {
@@ -420,12 +422,11 @@ impl<DB: Engine> DbPool<DB> {
                 conn: Some(conn),
                 slot,
                 endpoint: self.endpoint.clone(),
-                metrics: self.metrics.clone(),
             }),
             Err(e) => {
                 // Nothing is open: the permit goes back.
                 *slot = None;
-                self.publish_open();
+                self.endpoint.publish_open();
                 Err(e)
             }
         }
@@ -477,13 +478,6 @@ impl<DB: Engine> DbPool<DB> {
             .transpose()
     }
 
-    fn publish_open(&self) {
-        self.metrics
-            .connections_open
-            .get_or_create(&self.endpoint.label)
-            .set(self.endpoint.in_use());
-    }
-
     /// Closes the pool's connection, if any (on config reload or shutdown).
     pub async fn close(&self) {
         // Waiting for the slot first lets an in-flight lease hand its connection back.
@@ -494,7 +488,7 @@ impl<DB: Engine> DbPool<DB> {
         self.pool.close().await;
         self.pool.close().await;
         *slot = None;
-        self.publish_open();
+        self.endpoint.publish_open();
     }
 }
 
@@ -527,10 +521,7 @@ impl<DB: Engine> Lease<DB> {
         } else {
             drop(conn);
         }
-        self.metrics
-            .connections_open
-            .get_or_create(&self.endpoint.label)
-            .set(self.endpoint.in_use());
+        self.endpoint.publish_open();
     }
 }
 

@@ -99,6 +99,42 @@ pub fn cluster() -> Option<&'static Cluster> {
     CLUSTER.get()
 }
 
+/// Keeps a store of the one object `name` of kind `K` in `namespace` current: a watch
+/// restricted to one name is all the worker's Role allows. The watch runs until the
+/// returned task is aborted.
+pub(crate) fn watch_by_name<K>(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let api: Api<K> = Api::namespaced(client, namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .applied_objects();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                tracing::debug!(%error, kind, "watch interrupted; retrying");
+            }
+        }
+    });
+    (reader, task)
+}
+
 impl Cluster {
     /// Starts watching `names` (those not watched yet) and waits up to `timeout` for
     /// their first listing, so the first connects find them.
@@ -110,21 +146,8 @@ impl Cluster {
                 if stores.contains_key(&name) {
                     continue;
                 }
-                let (reader, writer) = reflector::store::<Secret>();
-                let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.namespace);
-                // A watch restricted to one name is all the worker's Role allows.
-                let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-                let stream = reflector::reflector(writer, watcher(api, config))
-                    .default_backoff()
-                    .applied_objects();
-                tokio::spawn(async move {
-                    futures::pin_mut!(stream);
-                    while let Some(event) = stream.next().await {
-                        if let Err(error) = event {
-                            tracing::debug!(%error, "secret watch interrupted; retrying");
-                        }
-                    }
-                });
+                let (reader, _watch) =
+                    watch_by_name::<Secret>(self.client.clone(), &self.namespace, &name);
                 new.push(reader.clone());
                 stores.insert(name, reader);
             }

@@ -8,11 +8,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::task::JoinHandle;
 
 /// The largest config read, in bytes: the API server's own limit on a ConfigMap.
@@ -165,21 +162,7 @@ impl Reader {
         let Some((client, namespace)) = cluster else {
             return Err(Error::NotInPod { name });
         };
-        let (store, writer) = reflector::store::<ConfigMap>();
-        let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-        // A watch restricted to one name is all the worker's Role allows.
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream = reflector::reflector(writer, watcher(api, config))
-            .default_backoff()
-            .applied_objects();
-        let watch = tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                if let Err(error) = event {
-                    tracing::debug!(%error, "config map watch interrupted; retrying");
-                }
-            }
-        });
+        let (store, watch) = crate::secret::watch_by_name::<ConfigMap>(client, &namespace, &name);
         let reader = Self {
             inner: Inner::ConfigMap {
                 store: store.clone(),

@@ -26,6 +26,30 @@ pub const ASSIGNMENT_EPOCH: &str = "dbcollector.dev/assignment-epoch";
 /// owner's acknowledged epoch reaches the epoch that granted it.
 pub const ACKED_EPOCH: &str = "dbcollector.dev/acked-epoch";
 
+/// Lease annotation: the number of targets the worker collects under its applied
+/// assignment, in decimal.
+pub const TARGETS: &str = "dbcollector.dev/targets";
+
+/// Lease annotation: the number of the worker's targets whose last scrape failed, in
+/// decimal.
+pub const TARGETS_DOWN: &str = "dbcollector.dev/targets-down";
+
+/// Lease annotation: up to [`MAX_REPORTED_NAMES`] names of the targets counted in
+/// [`TARGETS_DOWN`], comma-separated, sorted.
+pub const TARGETS_DOWN_NAMES: &str = "dbcollector.dev/targets-down-names";
+
+/// Lease annotation: the number of (target, capability) pairs the worker found missing
+/// (a family the server cannot serve), in decimal.
+pub const CAPABILITIES_MISSING: &str = "dbcollector.dev/capabilities-missing";
+
+/// Most target names a worker lists in [`TARGETS_DOWN_NAMES`].
+pub const MAX_REPORTED_NAMES: usize = 10;
+
+/// Seconds between two heartbeats of a worker in its Lease (`spec.renewTime`); the
+/// Lease's `leaseDurationSeconds` is three times this, after which the operator treats
+/// the worker as silent.
+pub const HEARTBEAT_SECONDS: i32 = 5;
+
 /// Standard label: the application's name; its value is [`APP_NAME`].
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 

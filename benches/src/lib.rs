@@ -1,5 +1,5 @@
-//! Shared parts of the micro benchmarks: realistic fixtures, the allocation counter and
-//! the report printed after criterion's output.
+//! Shared parts of the micro benchmarks (realistic fixtures, the allocation counter and
+//! the report printed after criterion's output), and the load bench ([`load`]).
 //!
 //! Each bench target under `benches/` installs [`alloc::CountingAlloc`] as its global
 //! allocator and prints a [`report::Report`] at the end: allocations and bytes per
@@ -11,10 +11,8 @@
 //! target or group: `cargo bench -p dbcollector-benches --bench pipeline -- statements`.
 //! `cargo test --all-targets` runs every routine once, unoptimized, as a smoke test.
 
-// TODO: the shard assignment bench (a rebalance of 10k targets over 100 workers) waits
-// for the operator to compute assignments; there is nothing to measure yet.
-
 pub mod alloc;
 pub mod fixtures;
 pub mod harness;
+pub mod load;
 pub mod report;

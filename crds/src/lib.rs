@@ -5,12 +5,14 @@
 //! - [`cel`]: the schema's cross-field rules, as CEL and as their Rust mirror
 //!   [`cel::validate`] for API servers that ignore CEL (before Kubernetes 1.25).
 //! - [`shard`]: the slot hash of a target and the text form of slot ranges.
+//! - [`balance`]: the rule that assigns slots to worker pods, balanced by target count.
 //! - [`annotations`]: the annotation and label keys both sides read and write.
 //!
 //! The CRD manifest generated from these types is committed as
 //! `crds/dbcollector.dev_databasecollectors.yaml`; a test fails when it drifts.
 
 pub mod annotations;
+pub mod balance;
 pub mod cel;
 mod schema;
 pub mod shard;

@@ -1,7 +1,7 @@
 //! `DatabaseCollector.status`: what the operator observed and decided, including the
 //! shard assignment (which pod owns which slots) and the conditions.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
@@ -59,14 +59,16 @@ pub struct DatabaseCollectorStatus {
     #[serde(default)]
     pub assignment_epoch: u64,
 
-    /// The current shard assignment: the slots each worker pod owns. Every slot of the
-    /// space is owned by exactly one pod unless counted in `unownedSlots`.
+    /// The current shard assignment: the slots each worker pod owns (has acknowledged)
+    /// and those granted to it. Every slot of the space is owned by exactly one pod
+    /// unless counted in `unownedSlots`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_SHARDS))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["pod".into()]))]
     pub assignment: Vec<PodAssignment>,
 
-    /// Slots owned by no worker pod (their targets are not collected).
+    /// Slots owned by no worker pod (their targets are not collected, or only by a pod
+    /// that has not acknowledged them yet).
     #[serde(default)]
     #[schemars(range(max = MAX_SHARDS))]
     pub unowned_slots: u32,
@@ -96,9 +98,40 @@ pub struct PodAssignment {
     #[schemars(range(max = crate::spec::MAX_TARGETS))]
     pub targets: u32,
 
-    /// The assignment epoch the pod has acknowledged applying. Unset until it does.
+    /// Slots granted to the pod and not yet acknowledged by it: their previous owner
+    /// keeps them (in its `ranges`) until the pod acknowledges `epoch`, so a moving slot
+    /// is collected twice for a moment and never by nobody.
+    #[serde(default, skip_serializing_if = "Ranges::is_empty")]
+    pub granted: Ranges,
+
+    /// The epoch of the assignment annotated on the pod (its `ranges` plus `granted`).
+    #[serde(default)]
+    pub epoch: u64,
+
+    /// When the pod was annotated with `epoch`; a pod that has not acknowledged it some
+    /// time after is reported and gets no new slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotated_at: Option<Time>,
+
+    /// The assignment epoch the pod has acknowledged applying (read from its Lease).
+    /// Unset until it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acked_epoch: Option<u64>,
+}
+
+impl PodAssignment {
+    /// An entry for `pod` that owns `ranges` and nothing else.
+    pub fn owning(pod: impl Into<String>, ranges: Ranges) -> Self {
+        Self {
+            pod: pod.into(),
+            ranges,
+            targets: 0,
+            granted: Ranges::new(),
+            epoch: 0,
+            annotated_at: None,
+            acked_epoch: None,
+        }
+    }
 }
 
 impl DatabaseCollectorStatus {

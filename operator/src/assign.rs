@@ -1,18 +1,53 @@
-//! Shard slot ownership: which worker pod owns which slots, and the epoch of it.
+//! Shard slot ownership and its make-before-break handoff.
 //!
-//! The rule here is the minimal one: the `spec.shards` slots are cut into contiguous
-//! ranges of sizes differing by at most one, one per existing worker pod in ordinal
-//! order (pods being deleted and pods beyond `spec.replicas` own nothing). Every slot is
-//! owned by exactly one pod as soon as one pod exists.
+//! Status is the record. Each worker pod's entry there has the slots it **owns**
+//! (`ranges`: it acknowledged an assignment holding them) and the slots **granted** to
+//! it and not yet acknowledged (`granted`). The pod's annotations carry both (`ranges ∪
+//! granted`) with the epoch of the write, and the worker acknowledges that epoch in its
+//! Lease once it collects them.
 //!
-//! An assignment that differs from the one in status gets epoch E+1, where E is the
-//! highest epoch seen in status or on any pod: status is written first (with a
-//! resourceVersion precondition) and the pods are annotated only then, so a new leader,
-//! which starts from the same maximum, never repeats or lowers an epoch.
+//! One reconcile:
+//! 1. Takes the acknowledgements: a pod whose acknowledged epoch reached its annotated
+//!    epoch now owns its granted slots, and their previous owners no longer do.
+//! 2. Chooses the workers that may own slots: pods below `spec.replicas`, not being
+//!    deleted, ready, and not silent on a grant for longer than [`ACK_TIMEOUT`]; plus the
+//!    current owners among those pods that are not ready but still heartbeat in their
+//!    Lease within [`GRACE`] (a restarting worker keeps its slots and re-applies them).
+//!    A ready pod silent on its epoch for longer than [`ACK_TIMEOUT`] is reported.
+//! 3. Balances the slots over those workers with [`balance::rebalance`] from the current
+//!    owners (the rule is written there), and grants each worker the slots it should own
+//!    and does not. A slot leaving a pod stays owned by it, and in its annotations, until
+//!    the pod it goes to acknowledges; only then is it revoked. So a moving slot is
+//!    collected twice for at most the time the old owner takes to see the revocation, and
+//!    never by nobody; a worker that never acknowledges leaves its grants with their old
+//!    owners and, after [`ACK_TIMEOUT`], gets no slots until it does.
+//! 4. Keeps the StatefulSet at `spec.replicas`, or larger while a pod beyond it still
+//!    owns slots: a scale-down moves the slots of the leaving pods to the survivors, and
+//!    the StatefulSet shrinks once they acknowledged.
+//!
+//! Any annotation write gets a fresh epoch, E+1, where E is the highest epoch seen in
+//! status, on any pod or in any Lease: status is written first (with a resourceVersion
+//! precondition) and the pods are annotated only then, so a new leader, which starts from
+//! the same maximum, never repeats or lowers an epoch, and a stale acknowledgement (a
+//! recreated pod's Lease still holding its predecessor's) never matches a new write.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use dbcollector_crds::annotations::ShardAssignment;
+use dbcollector_crds::balance;
 use dbcollector_crds::shard::{slot_of, Ranges};
 use dbcollector_crds::status::PodAssignment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+/// How long a pod may leave its annotated epoch unacknowledged before it is reported and
+/// gets no new slots.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a current owner that is not ready keeps its slots while it still heartbeats
+/// (a worker restarting in place re-applies them instead of having them moved).
+pub const GRACE: Duration = Duration::from_secs(30);
 
 /// A worker pod as the assignment sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,130 +58,283 @@ pub struct WorkerPod {
     pub ordinal: u32,
     /// It is being deleted.
     pub terminating: bool,
+    /// Its Ready condition is True.
+    pub ready: bool,
     /// The assignment its annotations carry, if they carry a valid one.
     pub annotated: Option<ShardAssignment>,
 }
 
-/// What the operator should write: the assignment for status, and the pods whose
-/// annotations differ from it.
+/// What a worker reports in its Lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The assignment epoch it has applied.
+    pub acked_epoch: Option<u64>,
+    /// Its last heartbeat.
+    pub renewed: Option<Timestamp>,
+    /// Targets whose latest scrape failed.
+    pub targets_down: u32,
+    /// Some of their names.
+    pub down_names: Vec<String>,
+    /// (target, capability) pairs the server cannot serve.
+    pub capabilities_missing: u32,
+}
+
+/// What the plan starts from.
+#[derive(Clone, Debug)]
+pub struct Input<'a> {
+    /// `spec.shards`.
+    pub shards: u32,
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// The target names of the spec.
+    pub targets: &'a [String],
+    /// The collector's worker pods.
+    pub pods: &'a [WorkerPod],
+    /// The Lease reports, by pod name.
+    pub reports: &'a BTreeMap<String, Report>,
+    /// The assignment in status.
+    pub current: &'a [PodAssignment],
+    /// The epoch in status.
+    pub current_epoch: u64,
+    /// The time of the reconcile.
+    pub now: Timestamp,
+}
+
+/// What the operator should write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
-    /// The epoch of [`Self::assignment`].
+    /// The highest epoch after this plan.
     pub epoch: u64,
-    /// Pod → slots, in ordinal order; for status.
+    /// Pod → owned and granted slots, in ordinal order; for status.
     pub assignment: Vec<PodAssignment>,
-    /// Slots owned by no pod (all of them when no pod exists, else none).
+    /// Slots owned by no pod.
     pub unowned_slots: u32,
-    /// Whether the assignment differs from status (a new epoch).
+    /// Whether some pod gets a new epoch.
     pub changed: bool,
-    /// Pods to annotate, with what; a pod that owns nothing gets the empty set.
+    /// Pods to annotate, with what.
     pub annotate: Vec<(String, ShardAssignment)>,
+    /// The StatefulSet's replica count: `spec.replicas`, or more while a pod beyond it
+    /// still owns slots.
+    pub stateful_set_replicas: i32,
+    /// What the handoff waits for, one line each (empty when settled).
+    pub waiting: Vec<String>,
+    /// Pods that have not acknowledged their epoch within [`ACK_TIMEOUT`].
+    pub silent: Vec<String>,
 }
 
-/// The ranges of `owners` pods over `shards` slots: contiguous, in order, sizes
-/// differing by at most one (the first `shards % owners` ranges are one larger).
-pub fn split(shards: u32, owners: usize) -> Vec<Ranges> {
-    let Ok(n) = u32::try_from(owners) else {
-        return Vec::new();
-    };
-    if n == 0 {
-        return Vec::new();
+impl Plan {
+    /// Whether nothing is in flight: no grant waits for an acknowledgement and the
+    /// StatefulSet has its desired size.
+    pub fn settled(&self) -> bool {
+        self.waiting.is_empty()
     }
-    let (base, extra) = (shards / n, shards % n);
-    let mut start = 0u32;
-    (0..n)
-        .map(|i| {
-            let len = base + u32::from(i < extra);
-            let ranges = match len {
-                0 => Ranges::new(),
-                _ => Ranges::from(start..=start + len - 1),
-            };
-            start += len;
-            ranges
-        })
-        .collect()
 }
 
-/// Plans the assignment of `shards` slots over `pods` for a collector of
-/// `replicas` desired pods, given the `current` assignment and epoch from status and
-/// the target names (to count each pod's targets).
-pub fn plan(
-    shards: u32,
-    replicas: i32,
-    pods: &[WorkerPod],
-    current: &[PodAssignment],
-    current_epoch: u64,
-    targets: &[String],
-) -> Plan {
-    let desired = u32::try_from(replicas).unwrap_or(0);
-    let mut owners: Vec<&WorkerPod> = pods
-        .iter()
-        .filter(|p| !p.terminating && p.ordinal < desired)
-        .collect();
-    owners.sort_by_key(|p| p.ordinal);
+/// Plans the next step of the assignment.
+pub fn plan(input: &Input<'_>) -> Plan {
+    let shards = input.shards;
+    let desired = u32::try_from(input.replicas).unwrap_or(0);
+    let weights = balance::slot_weights(input.targets.iter().map(String::as_str), shards);
+    let pod = |name: &str| input.pods.iter().find(|p| p.name == name);
+    let acked = |name: &str| input.reports.get(name).and_then(|r| r.acked_epoch);
 
-    let slots: Vec<u32> = targets.iter().map(|t| slot_of(t, shards)).collect();
-    let assignment: Vec<PodAssignment> = owners
-        .iter()
-        .zip(split(shards, owners.len()))
-        .map(|(pod, ranges)| {
-            let count = slots.iter().filter(|&&s| ranges.contains(s)).count();
-            let known = current.iter().find(|a| a.pod == pod.name);
-            PodAssignment {
-                pod: pod.name.clone(),
-                targets: u32::try_from(count).unwrap_or(u32::MAX),
-                // The acknowledgement survives only while the pod keeps its ranges.
-                acked_epoch: known
-                    .filter(|a| a.ranges == ranges)
-                    .and_then(|a| a.acked_epoch),
-                ranges,
+    // 1. Acknowledged grants become owned; their previous owners lose them.
+    let mut owned: BTreeMap<String, Ranges> = BTreeMap::new();
+    let mut previous: BTreeMap<&str, &PodAssignment> = BTreeMap::new();
+    for entry in input.current {
+        previous.insert(&entry.pod, entry);
+        owned.insert(entry.pod.clone(), entry.ranges.clone());
+    }
+    for entry in input.current {
+        let took = !entry.granted.is_empty()
+            && entry.epoch > 0
+            && acked(&entry.pod).is_some_and(|a| a >= entry.epoch)
+            && pod(&entry.pod).is_some_and(|p| !p.terminating);
+        if !took {
+            continue;
+        }
+        for (name, ranges) in &mut owned {
+            if *name != entry.pod {
+                *ranges = ranges.difference(&entry.granted);
             }
+        }
+        let mine = owned.entry(entry.pod.clone()).or_default();
+        *mine = mine.union(&entry.granted);
+    }
+    owned.retain(|name, ranges| !ranges.is_empty() || pod(name).is_some());
+
+    // 2. The workers that may own slots.
+    let since = |name: &str| {
+        previous
+            .get(name)
+            .and_then(|e| e.annotated_at.as_ref())
+            .map(|t| t.0)
+    };
+    let silent: Vec<String> = input
+        .pods
+        .iter()
+        .filter(|p| !p.terminating && p.ready)
+        .filter(|p| {
+            let epoch = previous.get(p.name.as_str()).map_or(0, |e| e.epoch);
+            epoch > 0
+                && acked(&p.name).is_none_or(|a| a < epoch)
+                && since(&p.name).is_some_and(|t| elapsed(t, input.now) > ACK_TIMEOUT)
+        })
+        .map(|p| p.name.clone())
+        .collect();
+    let mut workers: Vec<&WorkerPod> = input
+        .pods
+        .iter()
+        .filter(|p| !p.terminating && p.ordinal < desired && !silent.contains(&p.name))
+        .filter(|p| {
+            let owner = owned.get(&p.name).is_some_and(|r| !r.is_empty());
+            let heartbeat = input
+                .reports
+                .get(&p.name)
+                .and_then(|r| r.renewed)
+                .is_some_and(|t| elapsed(t, input.now) <= GRACE);
+            p.ready || (owner && heartbeat)
         })
         .collect();
+    workers.sort_by_key(|p| p.ordinal);
+    let names: Vec<String> = workers.iter().map(|p| p.name.clone()).collect();
 
-    let same = assignment.len() == current.len()
-        && assignment
-            .iter()
-            .zip(current)
-            .all(|(a, b)| a.pod == b.pod && a.ranges == b.ranges);
-    let highest = pods
+    // 3. Balance, and grant what each worker should own and does not.
+    let target = balance::rebalance(&weights, &owned, &names);
+    let mut granted: BTreeMap<String, Ranges> = BTreeMap::new();
+    for (name, ranges) in &target {
+        let mine = owned.get(name).cloned().unwrap_or_default();
+        let new = ranges.difference(&mine);
+        if !new.is_empty() {
+            granted.insert(name.clone(), new);
+        }
+    }
+
+    // Everyone to list: owners, grantees, and the live pods below the StatefulSet's size.
+    let highest_owner = owned
+        .iter()
+        .filter(|(_, r)| !r.is_empty())
+        .filter_map(|(name, _)| pod(name).map(|p| p.ordinal + 1))
+        .max()
+        .unwrap_or(0);
+    let set_size = desired.max(highest_owner);
+    let mut listed: Vec<String> = owned
+        .iter()
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(n, _)| n.clone())
+        .chain(granted.keys().cloned())
+        .chain(
+            input
+                .pods
+                .iter()
+                .filter(|p| !p.terminating && p.ordinal < set_size)
+                .map(|p| p.name.clone()),
+        )
+        .collect();
+    listed.sort_by_key(|n| (pod(n).map_or(u32::MAX, |p| p.ordinal), n.clone()));
+    listed.dedup();
+
+    // 4. Epochs: every pod whose annotations must change gets a fresh one.
+    let highest = input
+        .pods
         .iter()
         .filter_map(|p| p.annotated.as_ref().map(|a| a.epoch))
-        .fold(current_epoch, u64::max);
-    // Unchanged and not overtaken by a pod's epoch: keep it. Otherwise a fresh epoch
-    // above everything seen, so no worker mistakes the new assignment for a stale one.
-    let changed = !same || highest > current_epoch;
-    let epoch = if changed {
-        highest.saturating_add(1)
-    } else {
-        current_epoch
-    };
-
-    let annotate = pods
-        .iter()
-        .filter(|p| !p.terminating)
-        .filter_map(|pod| {
-            let ranges = assignment
-                .iter()
-                .find(|a| a.pod == pod.name)
-                .map(|a| a.ranges.clone())
-                .unwrap_or_default();
-            let wanted = ShardAssignment {
-                ranges,
+        .chain(input.reports.values().filter_map(|r| r.acked_epoch))
+        .chain(input.current.iter().map(|e| e.epoch))
+        .fold(input.current_epoch, u64::max);
+    let fresh = highest.saturating_add(1);
+    let mut changed = false;
+    let mut annotate = Vec::new();
+    let mut assignment = Vec::new();
+    let slots: Vec<u32> = input.targets.iter().map(|t| slot_of(t, shards)).collect();
+    for name in &listed {
+        let ranges = owned.get(name).cloned().unwrap_or_default();
+        let grant = granted.get(name).cloned().unwrap_or_default();
+        let carried = ranges.union(&grant);
+        let before = previous.get(name.as_str());
+        let mut epoch = before.map_or(0, |e| e.epoch);
+        let mut annotated_at = before.and_then(|e| e.annotated_at.clone());
+        if let Some(p) = pod(name).filter(|p| !p.terminating) {
+            let wanted = |epoch| ShardAssignment {
+                ranges: carried.clone(),
                 space: shards,
                 epoch,
             };
-            (pod.annotated.as_ref() != Some(&wanted)).then(|| (pod.name.clone(), wanted))
-        })
-        .collect();
+            if epoch == 0 || p.annotated.as_ref() != Some(&wanted(epoch)) {
+                epoch = fresh;
+                annotated_at = Some(Time(input.now));
+                changed = true;
+                annotate.push((name.clone(), wanted(epoch)));
+            }
+        }
+        let count = slots.iter().filter(|&&s| ranges.contains(s)).count();
+        assignment.push(PodAssignment {
+            pod: name.clone(),
+            targets: u32::try_from(count).unwrap_or(u32::MAX),
+            ranges,
+            granted: grant,
+            epoch,
+            annotated_at,
+            acked_epoch: acked(name),
+        });
+    }
 
+    let owned_slots: u64 = assignment.iter().map(|a| a.ranges.len()).sum();
+    let unowned_slots = u32::try_from(u64::from(shards).saturating_sub(owned_slots)).unwrap_or(0);
+    let waiting = waiting(&assignment, desired, set_size, unowned_slots, &names);
     Plan {
-        epoch,
-        unowned_slots: if assignment.is_empty() { shards } else { 0 },
+        epoch: if changed { fresh } else { highest },
         assignment,
+        unowned_slots,
         changed,
         annotate,
+        stateful_set_replicas: i32::try_from(set_size).unwrap_or(i32::MAX),
+        waiting,
+        silent,
     }
+}
+
+/// What a handoff in flight waits for, one line each.
+fn waiting(
+    assignment: &[PodAssignment],
+    desired: u32,
+    set_size: u32,
+    unowned_slots: u32,
+    workers: &[String],
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    for a in assignment {
+        if a.acked_epoch.is_none_or(|e| e < a.epoch)
+            && !(a.ranges.is_empty() && a.granted.is_empty())
+        {
+            let what = if a.granted.is_empty() {
+                "its revoked slots".to_owned()
+            } else {
+                format!("{} granted slots", a.granted.len())
+            };
+            lines.push(format!(
+                "{} to acknowledge epoch {} ({what})",
+                a.pod, a.epoch
+            ));
+        }
+    }
+    if set_size > desired {
+        lines.push(format!(
+            "the slots of the pods beyond {desired} to move before the StatefulSet shrinks from {set_size}"
+        ));
+    }
+    if unowned_slots > 0 && workers.is_empty() {
+        lines.push(format!(
+            "a ready worker pod to take the {unowned_slots} unowned slots"
+        ));
+    }
+    lines
+}
+
+/// The time from `then` to `now`, zero when `then` is in the future.
+fn elapsed(then: Timestamp, now: Timestamp) -> Duration {
+    let nanos = now.as_nanosecond() - then.as_nanosecond();
+    u64::try_from(nanos).map_or(Duration::ZERO, Duration::from_nanos)
 }
 
 #[cfg(test)]

@@ -7,12 +7,15 @@
 //! are never empty: the v1.20 API server refuses an empty string inside a custom
 //! resource.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use dbcollector_crds::status::{PodAssignment, AVAILABLE, DEGRADED, PROGRESSING, READY};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::assign::{Report, ACK_TIMEOUT};
 
 /// Most pods or objects named in one message; the rest are counted.
 const MAX_NAMED: usize = 8;
@@ -48,6 +51,12 @@ pub struct Observation {
     pub unowned_slots: u32,
     /// Referenced Secrets, or keys of them, that do not exist.
     pub secrets: Vec<SecretProblem>,
+    /// What the slot handoff waits for, one line each (empty when settled).
+    pub handoff: Vec<String>,
+    /// Ready pods that have not acknowledged their assignment in time.
+    pub silent: Vec<String>,
+    /// The workers' Lease reports, by pod name.
+    pub reports: BTreeMap<String, Report>,
 }
 
 /// Why a spec was not applied.
@@ -372,6 +381,13 @@ fn progressing(o: &Observation) -> State {
             ),
         );
     }
+    if !o.handoff.is_empty() {
+        return state(
+            TRUE,
+            "Rebalancing",
+            format!("moving slots: waiting for {}", list(&o.handoff)),
+        );
+    }
     if w.replicas != o.desired_replicas {
         return state(
             TRUE,
@@ -464,6 +480,52 @@ fn degraded(o: &Observation) -> State {
         problems.push((
             "PodsFailing",
             format!("worker pods failing: {}", list(&failing)),
+        ));
+    }
+
+    if !o.silent.is_empty() {
+        problems.push((
+            "WorkersSilent",
+            format!(
+                "worker pods {} have not acknowledged their assignment within {} s; \
+                 their slots stay with or go to other workers",
+                list(&o.silent),
+                ACK_TIMEOUT.as_secs()
+            ),
+        ));
+    }
+    let down: u32 = o.reports.values().map(|r| r.targets_down).sum();
+    if down > 0 {
+        let mut names: Vec<String> = o
+            .reports
+            .values()
+            .flat_map(|r| r.down_names.iter().cloned())
+            .collect();
+        names.sort();
+        let named = u32::try_from(names.len()).unwrap_or(u32::MAX);
+        if named < down {
+            names.push(format!("{} more", down - named));
+        }
+        problems.push((
+            "TargetsDown",
+            format!("{down} targets down: {}", names.join(", ")),
+        ));
+    }
+    let missing: u32 = o.reports.values().map(|r| r.capabilities_missing).sum();
+    if missing > 0 {
+        let pods: Vec<String> = o
+            .reports
+            .iter()
+            .filter(|(_, r)| r.capabilities_missing > 0)
+            .map(|(pod, r)| format!("{pod} ({})", r.capabilities_missing))
+            .collect();
+        problems.push((
+            "CapabilitiesMissing",
+            format!(
+                "{missing} metric families cannot be collected (servers lack them; \
+                 see the workers' dbcollector_capability_missing): {}",
+                list(&pods)
+            ),
         ));
     }
 

@@ -305,6 +305,7 @@ async fn a_deleted_pod_is_recreated_and_annotated_again() {
     let (plane, _operator) = namespace_with_operator(ns).await;
     let client = plane.client();
     create_collector(&client, ns, "orders", spec(2, 32, 4)).await;
+    ready_pods(plane, ns, "orders", 2).await;
     let annotated = eventually("both pods annotated", WAIT, || async {
         let status = collectors(&client, ns)
             .get("orders")
@@ -395,8 +396,11 @@ async fn changing_shards_is_refused_naming_the_field_and_nothing_moves() {
     let (plane, operator) = namespace_with_operator(ns).await;
     let client = plane.client();
     create_collector(&client, ns, "orders", spec(1, 64, 2)).await;
-    let applied = wait_status(&client, ns, "orders", "an assignment", |s| {
-        !s.assignment.is_empty()
+    ready_pods(plane, ns, "orders", 1).await;
+    let applied = wait_status(&client, ns, "orders", "an acknowledged assignment", |s| {
+        s.unowned_slots == 0
+            && !s.assignment.is_empty()
+            && s.assignment.iter().all(|a| a.acked_epoch == Some(a.epoch))
     })
     .await;
     let sets = Api::<StatefulSet>::namespaced(client.clone(), ns);
@@ -644,6 +648,7 @@ spec:
     )
     .await
     .unwrap();
+    ready_pods(plane, ns, "orders", 3).await;
     let status = eventually("three owners", WAIT, || async {
         let status = collectors(&client, ns)
             .get("orders")

@@ -6,7 +6,7 @@
 //! unchanged collector writes nothing, and the operator's own writes, which come back as
 //! watch events, do not start a loop.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use dbcollector_crds::annotations::{self, worker_selector_string, ShardAssignment, MANAGER};
@@ -37,6 +37,10 @@ use crate::status::{
 /// How often an unchanged collector is reconciled anyway (drift from outside, pods whose
 /// state changed without an event reaching the operator).
 const RESYNC: Duration = Duration::from_secs(300);
+
+/// How often a collector whose slot handoff is in flight is reconciled anyway, so that
+/// the acknowledgement and heartbeat timeouts are noticed without an event.
+const HANDOFF_POLL: Duration = Duration::from_secs(5);
 
 /// A collector read from the API: the typed object and its previous status.
 pub struct Parsed {
@@ -196,22 +200,25 @@ pub async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Action, Err
     }
 
     let secrets = check_secrets(&apis, &dc.spec).await?;
-    let rendered = render::children(dc, &ctx.default_image)?;
+    let pods = list_pods(&apis, &name).await?;
+    let workers: Vec<WorkerPod> = pods.iter().filter_map(|p| worker_pod(&name, p)).collect();
+    let worker_reports = lease_reports(&apis, &name).await?;
+    let targets: Vec<String> = dc.spec.databases.iter().map(|t| t.name.clone()).collect();
+    let plan = assign::plan(&assign::Input {
+        shards: dc.spec.shards,
+        replicas: dc.spec.replicas,
+        targets: &targets,
+        pods: &workers,
+        reports: &worker_reports,
+        current: &parsed.status.assignment,
+        current_epoch: parsed.status.assignment_epoch,
+        now: Timestamp::now(),
+    });
+
+    let rendered = render::children_sized(dc, &ctx.default_image, plan.stateful_set_replicas)?;
     let (reports, live_set) = apply_children(ctx, &apis, &rendered, &uid, &name)
         .await
         .map(|(reports, set)| (reports, set.or(live_set)))?;
-
-    let pods = list_pods(&apis, &name).await?;
-    let workers: Vec<WorkerPod> = pods.iter().filter_map(|p| worker_pod(&name, p)).collect();
-    let targets: Vec<String> = dc.spec.databases.iter().map(|t| t.name.clone()).collect();
-    let plan = assign::plan(
-        dc.spec.shards,
-        dc.spec.replicas,
-        &workers,
-        &parsed.status.assignment,
-        parsed.status.assignment_epoch,
-        &targets,
-    );
 
     let workload = live_set.as_ref().map(Workload::of);
     let observation = Observation {
@@ -225,6 +232,9 @@ pub async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Action, Err
         assignment: plan.assignment.clone(),
         unowned_slots: plan.unowned_slots,
         secrets,
+        handoff: plan.waiting.clone(),
+        silent: plan.silent.clone(),
+        reports: worker_reports,
     };
     let new_status = DatabaseCollectorStatus {
         observed_generation: dc.metadata.generation,
@@ -241,6 +251,8 @@ pub async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Action, Err
     commit(ctx, obj, &apis, &parsed, &new_status, &plan).await?;
     match unapplied(&observation.children) {
         Some(names) => Err(Error::Children { names }),
+        // Acknowledgements arrive as Lease events; the timeouts need a clock.
+        None if !plan.settled() || !plan.silent.is_empty() => Ok(Action::requeue(HANDOFF_POLL)),
         None => Ok(Action::requeue(RESYNC)),
     }
 }
@@ -264,11 +276,14 @@ async fn commit(
     let shards = parsed.dc.spec.shards;
     if plan.changed {
         ctx.metrics.assignments.inc();
-        let pods = plan.assignment.len();
-        tracing::info!(epoch = plan.epoch, pods, "new shard assignment");
+        let pods: Vec<&str> = plan.annotate.iter().map(|(p, _)| p.as_str()).collect();
+        let granting: u64 = plan.assignment.iter().map(|a| a.granted.len()).sum();
+        tracing::info!(epoch = plan.epoch, ?pods, granting, "new shard assignment");
         let note = format!(
-            "assignment epoch {}: {pods} worker pods own the {shards} slots",
-            plan.epoch
+            "assignment epoch {}: annotated {} ({granting} of the {shards} slots being granted, {} unowned)",
+            plan.epoch,
+            pods.join(", "),
+            plan.unowned_slots
         );
         ctx.publish(obj, EventType::Normal, "Assigned", note).await;
     }
@@ -582,8 +597,59 @@ fn worker_pod(collector: &str, pod: &Pod) -> Option<WorkerPod> {
         name,
         ordinal,
         terminating: pod.metadata.deletion_timestamp.is_some(),
+        ready: PodHealth::of(pod).ready,
         annotated,
     })
+}
+
+/// What the collector's workers report in their Leases, by pod name.
+async fn lease_reports(
+    apis: &Apis,
+    collector: &str,
+) -> Result<BTreeMap<String, assign::Report>, Error> {
+    let selector = render::labels(collector)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let leases = apis
+        .leases
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::Read {
+            what: "Leases".to_owned(),
+            source,
+        })?;
+    Ok(leases
+        .items
+        .iter()
+        .map(|lease| (lease.name_any(), lease_report(lease)))
+        .collect())
+}
+
+/// A worker's report in its Lease; unreadable fields count as absent.
+pub fn lease_report(lease: &Lease) -> assign::Report {
+    let get = |key: &str| lease.annotations().get(key).map(String::as_str);
+    let number = |key: &str| get(key).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    assign::Report {
+        acked_epoch: get(annotations::ACKED_EPOCH).and_then(|v| v.parse().ok()),
+        renewed: lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.renew_time.as_ref())
+            .map(|t| t.0),
+        targets_down: number(annotations::TARGETS_DOWN),
+        down_names: get(annotations::TARGETS_DOWN_NAMES)
+            .map(|v| {
+                v.split(',')
+                    .filter(|n| !n.is_empty())
+                    .take(annotations::MAX_REPORTED_NAMES)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        capabilities_missing: number(annotations::CAPABILITIES_MISSING),
+    }
 }
 
 /// Writes a pod's assignment annotations (server-side apply, so only these three fields

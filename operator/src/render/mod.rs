@@ -202,10 +202,24 @@ pub fn worker_pods_selector() -> String {
 /// [`Error::MissingMetadata`] when `dc` was not read from the API server, and
 /// [`Error::Config`] if the worker config fails to serialize.
 pub fn children(dc: &DatabaseCollector, default_image: &str) -> Result<Children, Error> {
-    let r = Renderer::new(dc)?;
+    children_sized(dc, default_image, dc.spec.replicas)
+}
+
+/// The children of `dc` with a StatefulSet of `workers` pods: more than `spec.replicas`
+/// while the slots of the pods beyond it are being moved to the others.
+///
+/// # Errors
+/// As [`children`].
+pub fn children_sized(
+    dc: &DatabaseCollector,
+    default_image: &str,
+    workers: i32,
+) -> Result<Children, Error> {
+    let mut r = Renderer::new(dc)?;
+    r.workers = workers.max(dc.spec.replicas);
     let source = format!("{}/{}", r.namespace, r.name);
     let worker_config = config::render(&dc.spec, &source)?;
-    let replicas = u32::try_from(dc.spec.replicas.max(1)).unwrap_or(1);
+    let replicas = u32::try_from(r.workers.max(1)).unwrap_or(1);
     Ok(Children {
         service_account: r.service_account(),
         role: r.role(replicas),
@@ -226,6 +240,8 @@ struct Renderer<'a> {
     name: String,
     namespace: String,
     owner: OwnerReference,
+    /// The StatefulSet's replica count.
+    workers: i32,
 }
 
 impl<'a> Renderer<'a> {
@@ -243,6 +259,7 @@ impl<'a> Renderer<'a> {
             name: dc.name_any(),
             namespace,
             owner,
+            workers: dc.spec.replicas,
         })
     }
 
@@ -379,7 +396,7 @@ impl<'a> Renderer<'a> {
         StatefulSet {
             metadata: meta,
             spec: Some(StatefulSetSpec {
-                replicas: Some(self.spec.replicas),
+                replicas: Some(self.workers),
                 service_name: Some(names::stateful_set(&self.name)),
                 // Workers are independent: no reason to start or stop them one by one.
                 pod_management_policy: Some("Parallel".to_owned()),
@@ -480,6 +497,8 @@ impl<'a> Renderer<'a> {
                     .clone()
                     .unwrap_or_else(|| default_image.to_owned()),
             ),
+            // The image's entrypoint is the worker; it collects only its pod's assignment.
+            args: Some(vec!["--assignment=pod".to_owned()]),
             image_pull_policy: self.spec.image_pull_policy.map(|p| {
                 match p {
                     ImagePullPolicy::Always => "Always",

@@ -139,6 +139,11 @@ fn the_statefulset_is_parallel_restricted_and_probed_on_the_worker_port() {
     };
     assert_eq!(field("POD_NAME"), "metadata.name");
     assert_eq!(field("POD_NAMESPACE"), "metadata.namespace");
+    // Each worker collects only the targets of its pod's shard assignment.
+    assert_eq!(
+        container.args.as_deref(),
+        Some(&["--assignment=pod".to_owned()][..])
+    );
 }
 
 #[test]

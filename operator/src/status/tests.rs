@@ -19,10 +19,8 @@ fn pod(name: &str, ready: bool, problem: Option<&str>) -> PodHealth {
 
 fn owns(pod: &str, ranges: &str) -> PodAssignment {
     PodAssignment {
-        pod: pod.to_owned(),
-        ranges: ranges.parse::<Ranges>().unwrap(),
         targets: 1,
-        acked_epoch: None,
+        ..PodAssignment::owning(pod, ranges.parse::<Ranges>().unwrap())
     }
 }
 
@@ -60,6 +58,9 @@ fn healthy() -> Observation {
         assignment: vec![owns("orders-0", "0-7"), owns("orders-1", "8-15")],
         unowned_slots: 0,
         secrets: Vec::new(),
+        handoff: Vec::new(),
+        silent: Vec::new(),
+        reports: BTreeMap::new(),
     }
 }
 
@@ -330,4 +331,59 @@ fn pod_health_reads_the_kubelets_reasons() {
         "conditions": [{ "type": "Ready", "status": "True" }]
     }));
     assert_eq!(PodHealth::of(&ready), pod("orders-0", true, None));
+}
+
+#[test]
+fn a_handoff_in_flight_is_progressing_and_says_what_it_waits_for() {
+    let mut o = healthy();
+    o.handoff = vec!["orders-1 to acknowledge epoch 7 (4 granted slots)".to_owned()];
+    let c = conditions(&o, &[], &at(1));
+    let progressing = get(&c, PROGRESSING);
+    assert_eq!(progressing.status, "True");
+    assert_eq!(progressing.reason, "Rebalancing");
+    assert!(progressing
+        .message
+        .contains("orders-1 to acknowledge epoch 7"));
+    assert_eq!(
+        get(&c, AVAILABLE).status,
+        "True",
+        "every slot still has its owner"
+    );
+    assert_eq!(get(&c, READY).status, "False");
+}
+
+#[test]
+fn silent_workers_down_targets_and_missing_capabilities_degrade() {
+    let mut o = healthy();
+    o.silent = vec!["orders-1".to_owned()];
+    o.reports.insert(
+        "orders-0".to_owned(),
+        Report {
+            targets_down: 3,
+            down_names: vec!["pg-b".to_owned(), "pg-a".to_owned()],
+            capabilities_missing: 2,
+            ..Report::default()
+        },
+    );
+    let c = conditions(&o, &[], &at(1));
+    let degraded = get(&c, DEGRADED);
+    assert_eq!(degraded.status, "True");
+    assert_eq!(degraded.reason, "WorkersSilent");
+    assert!(
+        degraded.message.contains("orders-1 have not acknowledged"),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        degraded
+            .message
+            .contains("3 targets down: pg-a, pg-b, 1 more"),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        degraded.message.contains("orders-0 (2)"),
+        "{}",
+        degraded.message
+    );
 }

@@ -16,8 +16,9 @@ use dbcollector_operator::metrics::Metrics;
 use dbcollector_operator::server::Health;
 use dbcollector_operator::{leader, Operator, Options};
 use dbcollector_tests::{eventually, ControlPlane};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, Config, ResourceExt};
 use serde_json::{json, Value};
@@ -189,9 +190,74 @@ impl Drop for RunningOperator {
 pub async fn namespace_with_operator(ns: &str) -> (&'static ControlPlane, RunningOperator) {
     let plane = plane().await;
     plane.create_namespace(ns).await.unwrap();
+    acknowledge_assignments(plane.config(), ns);
     let operator = start_operator(plane.config(), options(ns, &format!("{ns}-operator")));
     operator.wait_leading().await;
     (plane, operator)
+}
+
+/// Plays the workers' side of the assignment in namespace `ns` for as long as the test
+/// binary runs: every pod's annotated epoch is acknowledged in its Lease (once the
+/// operator created the Lease) with a heartbeat, as a worker does once it applied it.
+/// These tests are about the operator; real workers acknowledge in the sharding tests.
+pub fn acknowledge_assignments(config: Config, ns: &str) {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let client = Client::try_from(config).unwrap();
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let leases: Api<Lease> = Api::namespaced(client, &ns);
+            let selector = format!(
+                "{}={}",
+                dbcollector_crds::annotations::COMPONENT_LABEL,
+                dbcollector_crds::annotations::WORKER_COMPONENT
+            );
+            loop {
+                if let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await {
+                    for pod in list.items {
+                        let Ok(Some(assigned)) =
+                            ShardAssignment::from_annotations(pod.annotations())
+                        else {
+                            continue;
+                        };
+                        let Ok(mut lease) = leases.get(&pod.name_any()).await else {
+                            continue;
+                        };
+                        let acked = lease
+                            .annotations()
+                            .get(dbcollector_crds::annotations::ACKED_EPOCH)
+                            .and_then(|v| v.parse::<u64>().ok());
+                        let fresh = lease
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.renew_time.as_ref())
+                            .is_some_and(|t| {
+                                k8s_openapi::jiff::Timestamp::now().as_second() - t.0.as_second()
+                                    < 5
+                            });
+                        if acked == Some(assigned.epoch) && fresh {
+                            continue;
+                        }
+                        lease.annotations_mut().insert(
+                            dbcollector_crds::annotations::ACKED_EPOCH.to_owned(),
+                            assigned.epoch.to_string(),
+                        );
+                        let spec = lease.spec.get_or_insert_with(Default::default);
+                        spec.holder_identity = Some(pod.name_any());
+                        spec.renew_time = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+                        let _ = leases
+                            .replace(&pod.name_any(), &PostParams::default(), &lease)
+                            .await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    });
 }
 
 /// A spec with `replicas` workers, `shards` slots and targets `db0`.. `db{targets-1}`.
@@ -345,8 +411,8 @@ pub async fn ready_pods(plane: &ControlPlane, ns: &str, name: &str, n: usize) {
 }
 
 /// Checks that the assignment in `status` gives each of `shards` slots to exactly one
-/// of the pods named `pods`, and that each pod's annotations carry the same ranges and
-/// epoch; `Ok(false)` while the pods do not carry it yet.
+/// of the pods named `pods`, that nothing is being handed off, and that each pod's
+/// annotations carry the same ranges and the epoch it acknowledged; false while not.
 pub fn assignment_consistent(status: &DatabaseCollectorStatus, shards: u32, pods: &[Pod]) -> bool {
     let owners: BTreeSet<&str> = status.assignment.iter().map(|a| a.pod.as_str()).collect();
     let names: BTreeSet<String> = pods.iter().map(ResourceExt::name_any).collect();
@@ -376,7 +442,9 @@ pub fn assignment_consistent(status: &DatabaseCollectorStatus, shards: u32, pods
             .iter()
             .find(|a| a.pod == pod.name_any())
             .map(|a| &a.ranges);
-        annotated.epoch == status.assignment_epoch
+        let entry = status.assignment.iter().find(|a| a.pod == pod.name_any());
+        entry.is_some_and(|e| e.granted.is_empty() && e.acked_epoch == Some(e.epoch))
+            && annotated.epoch == entry.map_or(0, |e| e.epoch)
             && annotated.space == shards
             && Some(&annotated.ranges) == in_status
     })

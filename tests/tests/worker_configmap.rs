@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use dbcollector_tests::{ControlPlane, OtlpOptions, OtlpReceiver, PgOptions, PgServer, Point};
 use dbcollector_worker::app::{Error, Options, Worker};
+use dbcollector_worker::assignment::Mode;
 use dbcollector_worker::source::{self, Source};
 use dbcollector_worker::telemetry::ResultLabel;
 
@@ -57,6 +58,7 @@ fn options(name: &str, key: &str) -> Options {
         worker_id: "pod-0".into(),
         reload_poll: Duration::from_millis(200),
         namespace: Some(NAMESPACE.into()),
+        assignment: Mode::All,
     }
 }
 

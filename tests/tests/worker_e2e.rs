@@ -12,6 +12,7 @@ use dbcollector_tests::{
     Blackhole, MariaDbOptions, MariaDbServer, OtlpOptions, OtlpReceiver, PgOptions, PgServer, Point,
 };
 use dbcollector_worker::app::{Options, Worker};
+use dbcollector_worker::assignment::Mode;
 use dbcollector_worker::source::Source;
 use dbcollector_worker::telemetry::Metrics;
 
@@ -194,6 +195,7 @@ telemetry:
         worker_id: "e2e-worker".into(),
         reload_poll: Duration::from_millis(500),
         namespace: None,
+        assignment: Mode::All,
     })
     .await
     .unwrap();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use dbcollector_tests::{OtlpOptions, OtlpReceiver, PgOptions, PgServer, Point};
 use dbcollector_worker::app::{Options, Worker};
+use dbcollector_worker::assignment::Mode;
 use dbcollector_worker::source::Source;
 use dbcollector_worker::telemetry::Metrics;
 
@@ -46,6 +47,7 @@ async fn bad_reloads_keep_the_last_good_config_and_good_ones_apply() {
         worker_id: "reload-worker".into(),
         reload_poll: Duration::from_millis(100),
         namespace: None,
+        assignment: Mode::All,
     })
     .await
     .unwrap();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use dbcollector_tests::{ControlPlane, OtlpOptions, OtlpReceiver, PgOptions, PgServer, Point};
 use dbcollector_worker::app::{Options, Worker};
+use dbcollector_worker::assignment::Mode;
 use dbcollector_worker::source::Source;
 
 fn last_up(points: &[Point], target: &str) -> Option<f64> {
@@ -73,6 +74,7 @@ async fn secrets_are_read_through_the_api_and_a_missing_one_stops_only_its_targe
         worker_id: "pod-0".into(),
         reload_poll: Duration::from_millis(200),
         namespace: Some("monitoring".into()),
+        assignment: Mode::All,
     })
     .await
     .unwrap();

@@ -8,6 +8,11 @@
 //!
 //! The config text comes from a file or from a watched ConfigMap ([`crate::source`]); the
 //! poll loop compares the text itself, so both sources reload the same way.
+//!
+//! In pod mode ([`Mode::Pod`]) only the targets of the pod's shard assignment run: a new
+//! assignment starts and stops just the targets that changed hands, as a target reload
+//! does, and is acknowledged in the Lease ([`crate::lease`]) once the stopped targets
+//! have finished their last scrape.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -15,13 +20,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::assignment::{Mode, PodWatch, Scope};
 use crate::config::{self, Config, Engine};
 use crate::exporter::{Exporter, ExporterHandle};
+use crate::lease::{self, Reporter};
 use crate::pipeline;
 use crate::pool::Endpoints;
 use crate::processors::breaker::Breakers;
@@ -62,6 +69,12 @@ pub enum Error {
     /// The Kubernetes API client could not be built (in a pod).
     #[error("connecting to the Kubernetes API")]
     Kube(#[source] kube::Error),
+    /// Pod mode without the pod's namespace.
+    #[error("assignment from pod {pod} needs the pod's namespace (POD_NAMESPACE unset)")]
+    PodWithoutNamespace {
+        /// The pod's name.
+        pod: String,
+    },
 }
 
 /// How the worker runs.
@@ -77,6 +90,9 @@ pub struct Options {
     /// and a [`Source::ConfigMap`], are read there through the in-cluster API (or
     /// `KUBECONFIG`).
     pub namespace: Option<String>,
+    /// Which targets this worker collects: all of the config's, or those of its pod's
+    /// shard assignment (which needs `namespace`).
+    pub assignment: Mode,
 }
 
 /// A running worker.
@@ -87,9 +103,22 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     config: Config,
     generation: Generation,
+    /// The targets collected now; kept across reloads.
+    scope: Scope,
+    /// The pod's assignment and the Lease reports, in pod mode.
+    pod: Option<PodLink>,
     cancel: CancellationToken,
+    /// `telemetry.listen` as the config text has it, before a command-line override.
+    configured_listen: std::net::SocketAddr,
     /// The bound telemetry address.
     pub telemetry_addr: std::net::SocketAddr,
+}
+
+/// What ties a pod-mode worker to its pod and Lease.
+struct PodLink {
+    watch: PodWatch,
+    /// Read by the Lease reporter.
+    report: watch::Sender<lease::Report>,
 }
 
 /// Everything built from one config, except the targets' own settings.
@@ -118,26 +147,34 @@ impl Worker {
     }
 
     /// Like [`Worker::start`]; `first` sees the first config before anything else starts
-    /// (the binary sets up logging from it).
+    /// and may adjust it (the binary sets up logging from it and applies its command-line
+    /// overrides, such as the telemetry listen address).
     ///
     /// # Errors
     /// As [`Worker::start`]; also when a ConfigMap source cannot be listed within
     /// [`source::SYNC_TIMEOUT`] or lacks the ConfigMap or key.
-    pub async fn start_with(options: Options, first: impl FnOnce(&Config)) -> Result<Self, Error> {
+    pub async fn start_with(
+        options: Options,
+        first: impl FnOnce(&mut Config),
+    ) -> Result<Self, Error> {
         let mut cluster = None;
         if let Some(namespace) = &options.namespace {
             let client = kube::Client::try_default().await.map_err(Error::Kube)?;
             crate::secret::install(client.clone(), namespace.clone());
             cluster = Some((client, namespace.clone()));
         }
-        let reader = Reader::open(&options.source, cluster, source::SYNC_TIMEOUT)
+        if let (Mode::Pod { name }, None) = (&options.assignment, &cluster) {
+            return Err(Error::PodWithoutNamespace { pod: name.clone() });
+        }
+        let reader = Reader::open(&options.source, cluster.clone(), source::SYNC_TIMEOUT)
             .await
             .map_err(|source| Error::Source {
                 origin: options.source.clone(),
                 source,
             })?;
-        let config = load(&reader, &options.source).await?;
-        first(&config);
+        let mut config = load(&reader, &options.source).await?;
+        let configured_listen = config.telemetry.listen;
+        first(&mut config);
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::new(&mut registry));
         let health = Arc::new(Health {
@@ -147,26 +184,40 @@ impl Worker {
         let cancel = CancellationToken::new();
         let telemetry_addr =
             server::start(config.telemetry.listen, health.clone(), cancel.clone()).await?;
-        let generation = Generation::start(&config, &options, metrics.clone())?;
+        let scope = Scope::initial(&options.assignment);
+        let generation = Generation::start(&config, &options, &scope, metrics.clone())?;
+        let pod = match (&options.assignment, cluster) {
+            (Mode::Pod { name }, Some((client, namespace))) => {
+                Some(PodLink::start(client, &namespace, name, &metrics, &cancel))
+            }
+            _ => None,
+        };
         metrics.config_last_reload_ok.set(1);
         metrics.config_version.set(i64::from(config.version));
+        // Ready does not wait for an assignment: the operator assigns only live workers.
         health.ready.store(true, Ordering::Release);
         info!(
             worker = %options.worker_id,
-            targets = config.targets.len(),
+            assignment = ?options.assignment,
+            targets = generation.targets.len(),
             telemetry = %telemetry_addr,
             "worker started"
         );
-        Ok(Self {
+        let worker = Self {
             options,
             reader,
             health,
             metrics,
             config,
             generation,
+            scope,
+            pod,
             cancel,
+            configured_listen,
             telemetry_addr,
-        })
+        };
+        worker.publish();
+        Ok(worker)
     }
 
     /// Runs until `shutdown` resolves, reloading the config when its text changes or on
@@ -177,11 +228,16 @@ impl Worker {
         let mut poll = tokio::time::interval(self.options.reload_poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut hangup = hangup_signal();
+        let pod_changed = self.pod.as_ref().map(|p| p.watch.changed());
         loop {
             let forced = tokio::select! {
                 () = &mut shutdown => break,
                 _ = poll.tick() => false,
                 Some(()) = hangup.recv() => true,
+                () = notified(pod_changed.as_deref()) => {
+                    self.reassign();
+                    continue;
+                }
             };
             // A ConfigMap is read from the watch's store: cheap, and current within moments.
             let current = self.reader.read().ok();
@@ -199,20 +255,26 @@ impl Worker {
 
     /// Applies the config's current content, or keeps the running one.
     pub async fn reload(&mut self) {
-        let new = match load(&self.reader, &self.options.source).await {
+        let mut new = match load(&self.reader, &self.options.source).await {
             Ok(new) => new,
             Err(error) => return self.refuse(&error),
         };
-        if new == self.config {
+        // The listen address is bound once, at start, where the command line may have
+        // overridden it: the running address stays in the config the worker keeps.
+        let listen = std::mem::replace(&mut new.telemetry.listen, self.config.telemetry.listen);
+        let listen_changed = listen != self.configured_listen;
+        if new == self.config && !listen_changed {
             return;
         }
-        if new.telemetry != self.config.telemetry {
+        self.configured_listen = listen;
+        if listen_changed || new.telemetry != self.config.telemetry {
             warn!("telemetry settings (listen, log format and level) apply at the next restart");
         }
         if without_targets(&new) == without_targets(&self.config) {
-            self.generation.apply_targets(&new);
+            // Stopped targets finish their last scrape on their own.
+            drop(self.generation.apply_targets(&new, &self.scope));
         } else {
-            match Generation::start(&new, &self.options, self.metrics.clone()) {
+            match Generation::start(&new, &self.options, &self.scope, self.metrics.clone()) {
                 Ok(next) => {
                     let old = std::mem::replace(&mut self.generation, next);
                     old.stop().await;
@@ -220,10 +282,67 @@ impl Worker {
                 Err(error) => return self.refuse(&error),
             }
         }
-        info!(targets = new.targets.len(), "config reloaded");
+        info!(
+            targets = new.targets.len(),
+            collected = self.generation.targets.len(),
+            "config reloaded"
+        );
         self.metrics.config_version.set(i64::from(new.version));
         self.config = new;
+        self.publish();
         self.reloaded(true);
+    }
+
+    /// Applies a newer assignment from the pod, if there is one: starts the targets it
+    /// grants, stops those it no longer does, leaves the others running, and acknowledges
+    /// the epoch once the stopped targets have finished their last scrape.
+    fn reassign(&mut self) {
+        let Some(pod) = &mut self.pod else {
+            return;
+        };
+        let Some(assignment) = pod.watch.take_newer() else {
+            return;
+        };
+        let epoch = assignment.epoch;
+        info!(
+            epoch,
+            ranges = %assignment.ranges,
+            space = assignment.space,
+            "assignment applied"
+        );
+        self.scope = Scope::Shard(Some(assignment));
+        let stopped = self.generation.apply_targets(&self.config, &self.scope);
+        self.metrics
+            .assignment_epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+        let report = pod.report.clone();
+        self.publish();
+
+        tokio::spawn(async move {
+            for task in stopped {
+                let _ = task.await;
+            }
+            // The acknowledgements of two quick assignments may complete out of order.
+            report.send_if_modified(|r| {
+                let newer = r.acked < Some(epoch);
+                if newer {
+                    r.acked = Some(epoch);
+                }
+                newer
+            });
+        });
+    }
+
+    /// Shows the collected targets in the self-metrics and the Lease report.
+    fn publish(&self) {
+        let mut names: Vec<Arc<str>> = self.generation.targets.keys().cloned().collect();
+        names.sort_unstable();
+        self.metrics
+            .targets
+            .set(i64::try_from(names.len()).unwrap_or(i64::MAX));
+        if let Some(pod) = &self.pod {
+            pod.report.send_modify(|r| r.targets = names.into());
+        }
     }
 
     fn refuse(&self, error: &Error) {
@@ -288,8 +407,37 @@ fn without_targets(config: &Config) -> Config {
     }
 }
 
+impl PodLink {
+    /// Starts watching the pod and reporting to its Lease until `cancel` fires.
+    fn start(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        metrics: &Arc<Metrics>,
+        cancel: &CancellationToken,
+    ) -> Self {
+        let watch = PodWatch::start(client.clone(), namespace, name);
+        let (report, rx) = watch::channel(lease::Report::default());
+        Reporter::new(client, namespace, name, metrics.clone()).spawn(rx, cancel.child_token());
+        Self { watch, report }
+    }
+}
+
+/// Resolves when `changed` is notified; never without it.
+async fn notified(changed: Option<&Notify>) {
+    match changed {
+        Some(changed) => changed.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Generation {
-    fn start(config: &Config, options: &Options, metrics: Arc<Metrics>) -> Result<Self, Error> {
+    fn start(
+        config: &Config,
+        options: &Options,
+        scope: &Scope,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
         let exporter = Exporter::start(&config.exporter, &options.worker_id, metrics.clone())
             .map_err(Error::Exporter)?;
         let capacity = config
@@ -319,23 +467,34 @@ impl Generation {
             shared,
             targets: HashMap::new(),
         };
-        generation.apply_targets(config);
+        drop(generation.apply_targets(config, scope));
         Ok(generation)
     }
 
-    /// Starts targets that are new or changed, stops those that left or changed.
-    fn apply_targets(&mut self, config: &Config) {
+    /// Starts the targets of `scope` that are new or changed, stops those that left the
+    /// config or the scope, or changed; the others keep running untouched. Returns the
+    /// tasks of the stopped targets, which end after their in-flight scrape.
+    fn apply_targets(&mut self, config: &Config, scope: &Scope) -> Vec<JoinHandle<()>> {
+        // Targets resolve against the whole config, so an endpoint's server-wide carrier
+        // does not depend on which of its targets this worker owns.
         let wanted: HashMap<Arc<str>, Arc<TargetSpec>> = TargetSpec::resolve(config)
             .into_iter()
+            .filter(|s| scope.owns(&s.name))
             .map(|s| (s.name.clone(), Arc::new(s)))
             .collect();
-        self.targets.retain(|name, running| {
-            let keep = wanted.get(name).is_some_and(|w| *w == running.spec);
-            if !keep {
+        let leaving: Vec<Arc<str>> = self
+            .targets
+            .iter()
+            .filter(|(name, running)| wanted.get(*name).is_none_or(|w| *w != running.spec))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut stopped = Vec::with_capacity(leaving.len());
+        for name in leaving {
+            if let Some(running) = self.targets.remove(&name) {
                 running.cancel.cancel();
+                stopped.push(running.task);
             }
-            keep
-        });
+        }
         for (name, spec) in wanted {
             if self.targets.contains_key(&name) {
                 continue;
@@ -350,6 +509,7 @@ impl Generation {
             ));
             self.targets.insert(name, Running { spec, cancel, task });
         }
+        stopped
     }
 
     /// Stops every target (in-flight scrapes finish), drains processing and flushes the

@@ -1,9 +1,11 @@
 //! dbcollector worker: collects PostgreSQL and MySQL/MariaDB metrics and exports them over
-//! OTLP, standalone from a config file or (later) as part of a sharded fleet.
+//! OTLP, standalone or, in a pod, as one shard of a fleet (the targets its pod is assigned).
 
 pub mod app;
+pub mod assignment;
 pub mod config;
 pub mod exporter;
+pub mod lease;
 pub mod metrics;
 pub mod pipeline;
 pub mod pool;

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{ArgGroup, Parser};
+use clap::{ArgGroup, Parser, ValueEnum};
 use dbcollector_worker::app::{Options, Worker};
+use dbcollector_worker::assignment::Mode;
 use dbcollector_worker::config::{Config, LogFormat};
 use dbcollector_worker::source::{Reader, Source};
 
@@ -39,6 +40,24 @@ struct Args {
     /// ConfigMap, are read there through the Kubernetes API.
     #[arg(long, env = "POD_NAMESPACE")]
     namespace: Option<String>,
+    /// Which targets to collect: `all` of the config's, or (`pod`) those granted by the
+    /// shard assignment annotations of this worker's pod, which it watches through the API
+    /// (needs POD_NAME and POD_NAMESPACE) and acknowledges in the pod's Lease.
+    #[arg(long, env = "DBCOLLECTOR_ASSIGNMENT", value_enum, default_value_t = Assignment::All)]
+    assignment: Assignment,
+    /// Address of /metrics, /healthz and /readyz, overriding the config's
+    /// `telemetry.listen` (e.g. for several workers sharing one config on one host).
+    #[arg(long, env = "DBCOLLECTOR_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+}
+
+/// Values of `--assignment`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Assignment {
+    /// Every target of the config.
+    All,
+    /// The targets of the pod's shard assignment.
+    Pod,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +77,11 @@ fn main() -> anyhow::Result<()> {
         // The `source` group requires one of the two.
         (None, None) => anyhow::bail!("either --config or --config-map is required"),
     };
+    let assignment = match args.assignment {
+        Assignment::All => Mode::All,
+        // The pod's own name: `--worker-id` may name the worker otherwise.
+        Assignment::Pod => Mode::pod(std::env::var("POD_NAME").ok(), args.namespace.as_deref())?,
+    };
     // rustls needs one process-wide crypto provider; both TLS clients use ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
@@ -69,9 +93,17 @@ fn main() -> anyhow::Result<()> {
             worker_id,
             reload_poll: args.reload_poll,
             namespace: args.namespace,
+            assignment,
         };
         // Logging follows the config's `telemetry` section, known once the config is read.
-        let worker = Worker::start_with(options, init_logging).await?;
+        let listen = args.listen;
+        let worker = Worker::start_with(options, |config| {
+            if let Some(listen) = listen {
+                config.telemetry.listen = listen;
+            }
+            init_logging(config);
+        })
+        .await?;
         worker.run(shutdown_signal()).await;
         anyhow::Ok(())
     })

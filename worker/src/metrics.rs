@@ -199,7 +199,8 @@ pub struct Batch {
     pub resource: Arc<Resource>,
     /// The points, grouped by descriptor where the receiver emitted them together.
     pub points: Vec<Point>,
-    /// When the first row of this batch was read: the pipeline latency starts here.
+    /// When the rows of this batch's scrape had been read: the pipeline latency starts
+    /// here.
     pub read_at: Instant,
 }
 

@@ -99,3 +99,90 @@ pub fn process(
         exporter.send(part);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::config;
+    use crate::exporter::Exporter;
+    use crate::metrics::{Descriptor, Point, Resource, Value};
+    use crate::receivers::Scrape;
+
+    static GAUGE: Descriptor = Descriptor::gauge("g", "1", "");
+
+    /// An exporter whose receiver is a loopback listener that never accepts: sends only
+    /// queue. Keep the listener alive as long as the handle.
+    fn idle_exporter(metrics: Arc<Metrics>) -> (ExporterHandle, std::net::TcpListener) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let yaml =
+            format!("endpoint: http://127.0.0.1:{port}\nprotocol: http/protobuf\ntimeout: 1h\n");
+        let config: config::Exporter = serde_yaml_ng::from_str(&yaml).unwrap();
+        (Exporter::start(&config, "test", metrics).unwrap(), listener)
+    }
+
+    fn job(points: usize, read_at: Instant) -> Job {
+        let resource = Arc::new(Resource {
+            attrs: crate::attrs!["server.address" => "h"],
+        });
+        let points = (0..points)
+            .map(|i| Point {
+                desc: &GAUGE,
+                attrs: crate::attrs![],
+                value: Value::Int(i as i64),
+                start_unix_nanos: 0,
+                time_unix_nanos: 1,
+            })
+            .collect();
+        Job {
+            scrape: Scrape {
+                target: Arc::from("t"),
+                resource,
+                points,
+                statements: None,
+                read_at,
+            },
+            statements: Arc::new(config::Statements::default()),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_batch_handed_over_records_its_latency_since_the_rows_were_read() {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::new(&mut registry));
+        let (exporter, _listener) = idle_exporter(metrics.clone());
+        let statements = Statements::new(&config::Sampler::default(), metrics.clone());
+
+        // Rows read 3 ms ago, cut into three batches: three observations, none under 3 ms.
+        let read_at = Instant::now() - Duration::from_millis(3);
+        process(job(25, read_at), &statements, &exporter, 10, &metrics);
+
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(
+            line("dbcollector_pipeline_latency_seconds_count"),
+            "dbcollector_pipeline_latency_seconds_count 3"
+        );
+        assert_eq!(
+            line("dbcollector_pipeline_latency_seconds_bucket{le=\"0.002\"}"),
+            "dbcollector_pipeline_latency_seconds_bucket{le=\"0.002\"} 0"
+        );
+        let sum: f64 = line("dbcollector_pipeline_latency_seconds_sum")
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(sum >= 0.009, "{sum}");
+    }
+}

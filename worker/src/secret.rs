@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
+use tokio::sync::Notify;
 
 use crate::config::ValueSource;
 
@@ -117,18 +118,40 @@ where
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    watch_by_name_notifying(client, namespace, name, Arc::new(Notify::new()))
+}
+
+/// Like [`watch_by_name`]; `changed` is notified each time the store changes (the first
+/// listing included), once the store shows the change.
+pub(crate) fn watch_by_name_notifying<K>(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    changed: Arc<Notify>,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
     let (reader, writer) = reflector::store::<K>();
     let api: Api<K> = Api::namespaced(client, namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = reflector::reflector(writer, watcher(api, config))
-        .default_backoff()
-        .applied_objects();
+    let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
-            if let Err(error) = event {
-                tracing::debug!(%error, kind, "watch interrupted; retrying");
+            match event {
+                // A (re)listing reaches the store only at `InitDone`.
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => changed.notify_one(),
+                Err(error) => tracing::debug!(%error, kind, "watch interrupted; retrying"),
             }
         }
     });

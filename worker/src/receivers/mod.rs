@@ -23,7 +23,8 @@ pub struct Scrape {
     pub points: Vec<Point>,
     /// Statement statistics, when the target collects them this scrape.
     pub statements: Option<StatementSet>,
-    /// When the scrape started reading (pipeline latency starts here).
+    /// When the scrape had read all its rows: the pipeline latency starts here, so it
+    /// covers processing, batching and the hand-over, not the database's time.
     pub read_at: Instant,
 }
 

@@ -380,7 +380,6 @@ impl Collector {
     /// A [`ScrapeError`] when nothing could be read: no connection, the probe failed, or
     /// every family attempted failed.
     pub async fn scrape(&mut self) -> Result<Scrape, ScrapeError> {
-        let read_at = Instant::now();
         let mut lease = match self.acquire().await {
             Ok(lease) => lease,
             Err(e) => return Err(self.scrape_error(e)),
@@ -405,7 +404,7 @@ impl Collector {
             resource: self.resource.clone(),
             points: collected.points,
             statements: collected.statements,
-            read_at,
+            read_at: Instant::now(),
         })
     }
 

@@ -242,7 +242,6 @@ impl Collector {
     /// # Errors
     /// A [`ScrapeError`] wrapping this module's [`Error`].
     pub async fn scrape(&mut self) -> Result<Scrape, ScrapeError> {
-        let read_at = Instant::now();
         let now = unix_nanos_now();
         self.scrapes += 1;
         let mut points = Vec::new();
@@ -280,7 +279,7 @@ impl Collector {
             resource: self.resource.clone(),
             points,
             statements,
-            read_at,
+            read_at: Instant::now(),
         })
     }
 

@@ -1,4 +1,6 @@
-//! Test harness: throwaway database servers, an OTLP receiver and a black-hole listener.
+//! Test harness: throwaway database servers, an OTLP receiver and a black-hole listener;
+//! a Kubernetes control plane, and a fleet of operator and worker processes on it, with
+//! the coverage of targets by workers counted from what the receiver got.
 //!
 //! Every server binds 127.0.0.1 on a port picked at start, keeps its files in a fresh
 //! directory (under `/dev/shm` when it has room, else the system temporary directory; or
@@ -7,6 +9,8 @@
 //! and directories left behind by a test process that was killed are removed by the next.
 
 mod blackhole;
+pub mod coverage;
+mod fleet;
 mod kube;
 mod mariadb;
 mod otlp;
@@ -23,6 +27,10 @@ use std::time::{Duration, Instant};
 
 pub use self::kube::{client_from_kubeconfig, ControlPlane};
 pub use blackhole::Blackhole;
+pub use fleet::{
+    assignment_table, Binaries, Fleet, FleetOptions, WorkerState, OPERATOR_BIN_ENV,
+    OPERATOR_IDENTITY, WORKER_BIN_ENV,
+};
 pub use mariadb::{MariaDbOptions, MariaDbServer};
 pub use otlp::{
     Fault, Kind, OtlpOptions, OtlpReceiver, Outcome, Point, Protocol, Received, ReceiverTls,

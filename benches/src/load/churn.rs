@@ -1,0 +1,144 @@
+//! The memory run: the worker (default configuration) on PostgreSQL while a generator
+//! issues statements whose normalized forms all differ, so the server keeps evicting
+//! pg_stat_statements entries and every scrape brings thousands of statement keys the
+//! worker has not seen. Its resident memory is sampled every 10 s; from minute 2 on it
+//! should stay flat.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::estate::Estate;
+use super::measure::Server;
+use super::ours::{Setup, Worker};
+use super::prom;
+use super::sink::Sink;
+
+/// How often resident memory is sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// From when on memory should be flat.
+pub const SETTLED_AFTER: Duration = Duration::from_secs(120);
+
+/// Allowed deviation from the first settled sample.
+pub const FLAT_WITHIN: f64 = 0.05;
+
+/// What the memory run saw.
+#[derive(Clone, Debug, Default)]
+pub struct Churn {
+    /// `(seconds since start, resident bytes)` every [`SAMPLE_EVERY`].
+    pub rss: Vec<(f64, u64)>,
+    /// Distinct statements the generator issued.
+    pub issued: u64,
+    /// Run length, seconds.
+    pub duration_s: f64,
+    /// Statement keys the worker's cache held at the end.
+    pub keys_at_end: f64,
+    /// Points the sink received.
+    pub points: u64,
+}
+
+impl Churn {
+    /// The largest relative deviation of the samples from [`SETTLED_AFTER`] on from the
+    /// first of them; `None` when the run ended before.
+    pub fn settled_deviation(&self) -> Option<f64> {
+        let settled: Vec<u64> = self
+            .rss
+            .iter()
+            .filter(|(t, _)| *t >= SETTLED_AFTER.as_secs_f64())
+            .map(|(_, rss)| *rss)
+            .collect();
+        let base = *settled.first()? as f64;
+        settled
+            .iter()
+            .map(|&r| (r as f64 - base).abs() / base)
+            .reduce(f64::max)
+    }
+}
+
+/// Runs the churn for `duration` at about `rate` distinct statements per second.
+///
+/// # Errors
+/// When the worker or the generator cannot start, or the worker exits.
+pub async fn run(
+    binary: &Path,
+    estate: &Estate,
+    sink: &Sink,
+    dir: &Path,
+    setup: &Setup,
+    duration: Duration,
+    rate: u64,
+) -> anyhow::Result<Churn> {
+    debug_assert_eq!(setup.servers, [Server::Postgres]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (issued, tasks) = estate.churn(rate, 2, stop.clone()).await?;
+    let result = measure(binary, estate, sink, dir, setup, duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let mut churn = result?;
+    churn.issued = issued.load(Ordering::Relaxed);
+    Ok(churn)
+}
+
+async fn measure(
+    binary: &Path,
+    estate: &Estate,
+    sink: &Sink,
+    dir: &Path,
+    setup: &Setup,
+    duration: Duration,
+) -> anyhow::Result<Churn> {
+    let mut worker = Worker::start(binary, setup, estate, sink, dir).await?;
+    sink.take();
+    let started = Instant::now();
+    let mut churn = Churn::default();
+    let mut next = started;
+    while next <= started + duration {
+        tokio::time::sleep(next.saturating_duration_since(Instant::now())).await;
+        worker.child().check_running()?;
+        let usage = worker.child().usage()?;
+        let t = started.elapsed().as_secs_f64();
+        churn.rss.push((t, usage.rss));
+        tracing::info!(
+            t_s = t.round(),
+            rss_mb = usage.rss as f64 / 1e6,
+            "churn: worker memory"
+        );
+        next += SAMPLE_EVERY;
+    }
+    churn.duration_s = started.elapsed().as_secs_f64();
+    churn.keys_at_end = prom::sum(&worker.metrics().await?, "dbcollector_sampler_keys", &[]);
+    churn.points = sink.take().total();
+    worker.stop().await;
+    Ok(churn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_judged_from_minute_two_on() {
+        let churn = Churn {
+            // Growth before minute 2 does not count; then 100 → 104 → 98.
+            rss: vec![
+                (0.0, 10),
+                (60.0, 50),
+                (120.0, 100),
+                (130.0, 104),
+                (140.0, 98),
+            ],
+            ..Churn::default()
+        };
+        let dev = churn.settled_deviation().unwrap();
+        assert!((dev - 0.04).abs() < 1e-9, "{dev}");
+        let short = Churn {
+            rss: vec![(0.0, 10), (60.0, 50)],
+            ..Churn::default()
+        };
+        assert_eq!(short.settled_deviation(), None);
+    }
+}

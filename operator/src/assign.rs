@@ -13,7 +13,8 @@
 //!    deleted, ready, and not silent on a grant for longer than [`ACK_TIMEOUT`]; plus the
 //!    current owners among those pods that are not ready but still heartbeat in their
 //!    Lease within [`GRACE`] (a restarting worker keeps its slots and re-applies them).
-//!    A ready pod silent on its epoch for longer than [`ACK_TIMEOUT`] is reported.
+//!    A ready pod silent on its epoch for longer than [`ACK_TIMEOUT`] is reported, and so
+//!    is an owner that is neither ready nor heartbeating (its slots move).
 //! 3. Balances the slots over those workers with [`balance::rebalance`] from the current
 //!    owners (the rule is written there), and grants each worker the slots it should own
 //!    and does not. A slot leaving a pod stays owned by it, and in its annotations, until
@@ -26,15 +27,17 @@
 //!    the StatefulSet shrinks once they acknowledged.
 //!
 //! Any annotation write gets a fresh epoch, E+1, where E is the highest epoch seen in
-//! status, on any pod or in any Lease: status is written first (with a resourceVersion
-//! precondition) and the pods are annotated only then, so a new leader, which starts from
-//! the same maximum, never repeats or lowers an epoch, and a stale acknowledgement (a
-//! recreated pod's Lease still holding its predecessor's) never matches a new write.
+//! status or on any pod (values above [`MAX_EPOCH`] are hand edits and ignored): status
+//! is written first (with a resourceVersion precondition) and the pods are annotated only
+//! then, so a new leader, which starts from the same maximum, never repeats or lowers an
+//! epoch, and a stale acknowledgement (a recreated pod's Lease still holding its
+//! predecessor's) never matches a new write. Only an acknowledgement equal to the pod's
+//! annotated epoch counts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dbcollector_crds::annotations::ShardAssignment;
+use dbcollector_crds::annotations::{self, ShardAssignment};
 use dbcollector_crds::balance;
 use dbcollector_crds::shard::{slot_of, Ranges};
 use dbcollector_crds::status::PodAssignment;
@@ -46,8 +49,14 @@ use k8s_openapi::jiff::Timestamp;
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a current owner that is not ready keeps its slots while it still heartbeats
-/// (a worker restarting in place re-applies them instead of having them moved).
-pub const GRACE: Duration = Duration::from_secs(30);
+/// (a worker restarting in place re-applies them instead of having them moved): the
+/// Lease duration the workers write, three heartbeats.
+pub const GRACE: Duration = Duration::from_secs(3 * annotations::HEARTBEAT_SECONDS as u64);
+
+/// The highest epoch the operator accepts from a pod's annotations: above it, a value is
+/// a hand edit, not an epoch the operator wrote, and is ignored (status stores epochs as
+/// JSON integers, which the API server bounds at 2^63 − 1; this leaves room to count).
+pub const MAX_EPOCH: u64 = (1 << 53) - 1;
 
 /// A worker pod as the assignment sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,8 +127,11 @@ pub struct Plan {
     pub stateful_set_replicas: i32,
     /// What the handoff waits for, one line each (empty when settled).
     pub waiting: Vec<String>,
-    /// Pods that have not acknowledged their epoch within [`ACK_TIMEOUT`].
+    /// Ready pods that have not acknowledged their epoch within [`ACK_TIMEOUT`].
     pub silent: Vec<String>,
+    /// Owners that are not ready and have not heartbeat within [`GRACE`]: their slots
+    /// are being moved.
+    pub lost: Vec<String>,
 }
 
 impl Plan {
@@ -136,7 +148,13 @@ pub fn plan(input: &Input<'_>) -> Plan {
     let desired = u32::try_from(input.replicas).unwrap_or(0);
     let weights = balance::slot_weights(input.targets.iter().map(String::as_str), shards);
     let pod = |name: &str| input.pods.iter().find(|p| p.name == name);
-    let acked = |name: &str| input.reports.get(name).and_then(|r| r.acked_epoch);
+    let acked = |name: &str| {
+        input
+            .reports
+            .get(name)
+            .and_then(|r| r.acked_epoch)
+            .filter(|&e| e <= MAX_EPOCH)
+    };
 
     // 1. Acknowledged grants become owned; their previous owners lose them.
     let mut owned: BTreeMap<String, Ranges> = BTreeMap::new();
@@ -146,9 +164,11 @@ pub fn plan(input: &Input<'_>) -> Plan {
         owned.insert(entry.pod.clone(), entry.ranges.clone());
     }
     for entry in input.current {
+        // A worker acknowledges exactly the epoch it applied: anything else in its Lease
+        // (an older epoch, a hand edit) is no acknowledgement of this grant.
         let took = !entry.granted.is_empty()
             && entry.epoch > 0
-            && acked(&entry.pod).is_some_and(|a| a >= entry.epoch)
+            && acked(&entry.pod) == Some(entry.epoch)
             && pod(&entry.pod).is_some_and(|p| !p.terminating);
         if !took {
             continue;
@@ -177,9 +197,24 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .filter(|p| {
             let epoch = previous.get(p.name.as_str()).map_or(0, |e| e.epoch);
             epoch > 0
-                && acked(&p.name).is_none_or(|a| a < epoch)
+                && acked(&p.name) != Some(epoch)
                 && since(&p.name).is_some_and(|t| elapsed(t, input.now) > ACK_TIMEOUT)
         })
+        .map(|p| p.name.clone())
+        .collect();
+    let heartbeat = |name: &str| {
+        input
+            .reports
+            .get(name)
+            .and_then(|r| r.renewed)
+            .is_some_and(|t| elapsed(t, input.now) <= GRACE)
+    };
+    // Owners that are not ready and stopped heartbeating: their slots move.
+    let lost: Vec<String> = input
+        .pods
+        .iter()
+        .filter(|p| !p.ready && !heartbeat(&p.name))
+        .filter(|p| owned.get(&p.name).is_some_and(|r| !r.is_empty()))
         .map(|p| p.name.clone())
         .collect();
     let mut workers: Vec<&WorkerPod> = input
@@ -188,12 +223,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .filter(|p| !p.terminating && p.ordinal < desired && !silent.contains(&p.name))
         .filter(|p| {
             let owner = owned.get(&p.name).is_some_and(|r| !r.is_empty());
-            let heartbeat = input
-                .reports
-                .get(&p.name)
-                .and_then(|r| r.renewed)
-                .is_some_and(|t| elapsed(t, input.now) <= GRACE);
-            p.ready || (owner && heartbeat)
+            p.ready || (owner && heartbeat(&p.name))
         })
         .collect();
     workers.sort_by_key(|p| p.ordinal);
@@ -239,7 +269,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         .pods
         .iter()
         .filter_map(|p| p.annotated.as_ref().map(|a| a.epoch))
-        .chain(input.reports.values().filter_map(|r| r.acked_epoch))
+        .filter(|&e| e <= MAX_EPOCH)
         .chain(input.current.iter().map(|e| e.epoch))
         .fold(input.current_epoch, u64::max);
     let fresh = highest.saturating_add(1);
@@ -291,6 +321,7 @@ pub fn plan(input: &Input<'_>) -> Plan {
         stateful_set_replicas: i32::try_from(set_size).unwrap_or(i32::MAX),
         waiting,
         silent,
+        lost,
     }
 }
 

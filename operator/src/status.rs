@@ -15,7 +15,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::assign::{Report, ACK_TIMEOUT};
+use crate::assign::{Report, ACK_TIMEOUT, GRACE};
 
 /// Most pods or objects named in one message; the rest are counted.
 const MAX_NAMED: usize = 8;
@@ -55,6 +55,8 @@ pub struct Observation {
     pub handoff: Vec<String>,
     /// Ready pods that have not acknowledged their assignment in time.
     pub silent: Vec<String>,
+    /// Slot owners neither ready nor heartbeating.
+    pub lost: Vec<String>,
     /// The workers' Lease reports, by pod name.
     pub reports: BTreeMap<String, Report>,
 }
@@ -355,9 +357,9 @@ fn available(o: &Observation) -> State {
         TRUE,
         "AllSlotsOwned",
         format!(
-            "every one of the {} slots is owned by a ready worker ({} pods)",
+            "every one of the {} slots is owned by a ready worker ({} pods own slots)",
             o.shards,
-            o.assignment.len()
+            o.assignment.iter().filter(|a| !a.ranges.is_empty()).count()
         ),
     )
 }
@@ -458,18 +460,6 @@ fn degraded(o: &Observation) -> State {
             format!("{what} (referenced by {})", secret.fields.join(", ")),
         ));
     }
-    for child in &o.children {
-        let (reason, why) = match &child.outcome {
-            Outcome::Applied | Outcome::Deleted => continue,
-            Outcome::NotServed { api } => (
-                "ChildNotServed",
-                format!("{api} is not served by this API server"),
-            ),
-            Outcome::Forbidden { message } => ("ChildForbidden", message.clone()),
-            Outcome::Failed { message } => ("ChildFailed", message.clone()),
-        };
-        problems.push((reason, format!("{} {}: {why}", child.kind, child.name)));
-    }
     let failing: Vec<String> = o
         .pods
         .iter()
@@ -510,6 +500,29 @@ fn degraded(o: &Observation) -> State {
             "TargetsDown",
             format!("{down} targets down: {}", names.join(", ")),
         ));
+    }
+    if !o.lost.is_empty() {
+        problems.push((
+            "WorkersLost",
+            format!(
+                "worker pods {} are not ready and have not heartbeat in their Lease for {} s; \
+                 their slots are moving to the other workers",
+                list(&o.lost),
+                GRACE.as_secs()
+            ),
+        ));
+    }
+    for child in &o.children {
+        let (reason, why) = match &child.outcome {
+            Outcome::Applied | Outcome::Deleted => continue,
+            Outcome::NotServed { api } => (
+                "ChildNotServed",
+                format!("{api} is not served by this API server"),
+            ),
+            Outcome::Forbidden { message } => ("ChildForbidden", message.clone()),
+            Outcome::Failed { message } => ("ChildFailed", message.clone()),
+        };
+        problems.push((reason, format!("{} {}: {why}", child.kind, child.name)));
     }
     let missing: u32 = o.reports.values().map(|r| r.capabilities_missing).sum();
     if missing > 0 {

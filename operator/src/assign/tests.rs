@@ -331,7 +331,8 @@ fn a_restarting_owner_keeps_its_slots_while_it_heartbeats_and_loses_them_after()
             report.renewed = Some(at(fleet.clock));
         }
     }
-    fleet.reconcile();
+    let plan = fleet.reconcile();
+    assert_eq!(plan.lost, ["orders-1"]);
     assert_eq!(fleet.entry("orders-1").ranges, owned);
     let granted = fleet
         .status
@@ -365,16 +366,50 @@ fn a_recreated_pod_is_annotated_again_with_a_fresh_epoch() {
 }
 
 #[test]
-fn the_epoch_goes_above_every_epoch_seen() {
+fn the_epoch_goes_above_every_epoch_seen_and_ignores_hand_edits() {
     let mut fleet = Fleet::new(2, 20);
     fleet.settle();
     fleet.pods[1].annotated.as_mut().unwrap().epoch = 41;
     let plan = fleet.reconcile();
     assert_eq!(plan.epoch, 42);
-    fleet.reports.get_mut("orders-0").unwrap().acked_epoch = Some(99);
-    fleet.pods[0].annotated = None;
+    fleet.ack(|_| true);
+    fleet.settle();
+
+    // Values no operator wrote: far above anything written, in a Lease or on a pod.
+    fleet.reports.get_mut("orders-0").unwrap().acked_epoch = Some(i64::MAX as u64);
     let plan = fleet.reconcile();
-    assert_eq!(plan.epoch, 100);
+    assert_eq!(plan.epoch, 42, "an acknowledgement never raises the epoch");
+    let entry = plan
+        .assignment
+        .iter()
+        .find(|a| a.pod == "orders-0")
+        .unwrap();
+    assert_eq!(entry.acked_epoch, None, "not written to status");
+    fleet.pods[0].annotated.as_mut().unwrap().epoch = u64::MAX;
+    let plan = fleet.reconcile();
+    assert_eq!(plan.epoch, 43, "re-annotated above the real epochs");
+    assert!(plan.epoch <= MAX_EPOCH);
+}
+
+#[test]
+fn only_the_exact_epoch_acknowledges_a_grant() {
+    let mut fleet = Fleet::new(1, 30);
+    fleet.settle();
+    fleet.replicas = 2;
+    fleet.scale(2);
+    fleet.reconcile();
+    let epoch = fleet.entry("orders-1").epoch;
+    fleet
+        .reports
+        .entry("orders-1".to_owned())
+        .or_default()
+        .acked_epoch = Some(epoch + 7);
+    fleet.reconcile();
+    assert!(
+        fleet.entry("orders-1").ranges.is_empty(),
+        "a larger number is no ack"
+    );
+    assert!(!fleet.entry("orders-1").granted.is_empty());
 }
 
 #[test]

@@ -234,6 +234,7 @@ pub async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Action, Err
         secrets,
         handoff: plan.waiting.clone(),
         silent: plan.silent.clone(),
+        lost: plan.lost.clone(),
         reports: worker_reports,
     };
     let new_status = DatabaseCollectorStatus {
@@ -252,7 +253,14 @@ pub async fn reconcile(obj: &DynamicObject, ctx: &Context) -> Result<Action, Err
     match unapplied(&observation.children) {
         Some(names) => Err(Error::Children { names }),
         // Acknowledgements arrive as Lease events; the timeouts need a clock.
-        None if !plan.settled() || !plan.silent.is_empty() => Ok(Action::requeue(HANDOFF_POLL)),
+        // A not-ready owner keeps its slots only for a while: look again before then.
+        None if !plan.settled()
+            || !plan.silent.is_empty()
+            || !plan.lost.is_empty()
+            || workers.iter().any(|p| !p.ready) =>
+        {
+            Ok(Action::requeue(HANDOFF_POLL))
+        }
         None => Ok(Action::requeue(RESYNC)),
     }
 }

@@ -60,6 +60,7 @@ fn healthy() -> Observation {
         secrets: Vec::new(),
         handoff: Vec::new(),
         silent: Vec::new(),
+        lost: Vec::new(),
         reports: BTreeMap::new(),
     }
 }
@@ -356,6 +357,10 @@ fn a_handoff_in_flight_is_progressing_and_says_what_it_waits_for() {
 fn silent_workers_down_targets_and_missing_capabilities_degrade() {
     let mut o = healthy();
     o.silent = vec!["orders-1".to_owned()];
+    o.lost = vec!["orders-2".to_owned()];
+    o.children[2].outcome = Outcome::NotServed {
+        api: "policy/v1".to_owned(),
+    };
     o.reports.insert(
         "orders-0".to_owned(),
         Report {

@@ -453,10 +453,17 @@ impl Coverage {
         let legend: Vec<String> = letters.iter().map(|(w, l)| format!("{l}={w}")).collect();
         let _ = writeln!(
             out,
-            "interval {:?}, tolerance {}: {}",
+            "interval {:?}, tolerance {}: {} (letters are per table)",
             self.counting.interval,
             self.counting.tolerance,
             legend.join(" ")
+        );
+        let _ = writeln!(
+            out,
+            "timeline: one character per whole interval of the window: the letter of the \
+             worker that reported, `*` two workers, `.` none; `missed` and `doubled` are \
+             counted from the samples' times with the tolerance, so a `.` or `*` where a \
+             sample sits on an interval's edge may count as nothing"
         );
         let _ = writeln!(
             out,

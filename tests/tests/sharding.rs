@@ -20,6 +20,7 @@
 //! The scenarios share one control plane and the database servers, and run one at a time
 //! (each runs up to ten worker processes on a machine that may have two cores).
 
+mod fleet_estate;
 mod operator_support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,121 +31,19 @@ use dbcollector_crds::status::{AVAILABLE, PROGRESSING};
 use dbcollector_crds::DatabaseCollectorStatus;
 use dbcollector_tests::coverage::{self, Counting, Coverage, Window};
 use dbcollector_tests::{
-    assignment_table, eventually, Fleet, FleetOptions, MariaDbOptions, MariaDbServer, OtlpOptions,
-    OtlpReceiver, PgOptions, PgServer,
+    assignment_table, eventually, Fleet, FleetOptions, OtlpOptions, OtlpReceiver,
 };
+use fleet_estate::*;
 use kube::Client;
 use operator_support::*;
-use serde_json::{json, Value};
-use tokio::sync::{Mutex, OnceCell};
-
-/// The collection interval of every target.
-const INTERVAL: Duration = Duration::from_secs(2);
-
-/// Databases per PostgreSQL server, each a target.
-const PG_DATABASES: usize = 8;
-
-/// Schemas on the MariaDB server, each a target.
-const MARIADB_SCHEMAS: usize = 6;
+use serde_json::json;
+use tokio::sync::Mutex;
 
 /// How long a worker fleet may take to settle after a change.
 const SETTLE: Duration = Duration::from_secs(120);
 
 /// One scenario at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-/// The database servers every scenario collects.
-struct Servers {
-    pg: [PgServer; 2],
-    mariadb: MariaDbServer,
-}
-
-/// Starts the servers once per test binary and creates the targets' databases, each with
-/// a table holding a few rows.
-async fn servers() -> &'static Servers {
-    static SERVERS: OnceCell<Servers> = OnceCell::const_new();
-    SERVERS
-        .get_or_init(|| async {
-            let (a, b, mariadb) = tokio::join!(
-                PgServer::start(PgOptions::default()),
-                PgServer::start(PgOptions::default()),
-                MariaDbServer::start(MariaDbOptions::default()),
-            );
-            let servers = Servers {
-                pg: [a.unwrap(), b.unwrap()],
-                mariadb: mariadb.unwrap(),
-            };
-            for pg in &servers.pg {
-                let admin = pg.admin_pool().await.unwrap();
-                for i in 0..PG_DATABASES {
-                    sqlx::query(&format!("CREATE DATABASE app{i}"))
-                        .execute(&admin)
-                        .await
-                        .unwrap();
-                    let db =
-                        sqlx::PgPool::connect_with(pg.admin_options().database(&format!("app{i}")))
-                            .await
-                            .unwrap();
-                    sqlx::query(
-                        "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 100) g",
-                    )
-                    .execute(&db)
-                    .await
-                    .unwrap();
-                    db.close().await;
-                }
-                admin.close().await;
-            }
-            let admin = servers.mariadb.admin_pool().await.unwrap();
-            for i in 0..MARIADB_SCHEMAS {
-                sqlx::query(&format!("CREATE DATABASE app{i}"))
-                    .execute(&admin)
-                    .await
-                    .unwrap();
-                sqlx::query(&format!("CREATE TABLE app{i}.orders (id int PRIMARY KEY)"))
-                    .execute(&admin)
-                    .await
-                    .unwrap();
-            }
-            admin.close().await;
-            servers
-        })
-        .await
-}
-
-/// The targets: one per database, named after their server (`pga-db3`, `maria-db2`). With
-/// these names no two targets share a slot of the default shard space, so the bound on
-/// moved targets stays below their number (see [`move_bound`]).
-fn targets(servers: &Servers) -> Vec<Value> {
-    let mut targets = Vec::new();
-    for (letter, pg) in ["a", "b"].iter().zip(&servers.pg) {
-        for i in 0..PG_DATABASES {
-            targets.push(json!({
-                "name": format!("pg{letter}-db{i}"), "engine": "postgresql",
-                "host": "127.0.0.1", "port": pg.port(), "user": "postgres",
-                "databases": [format!("app{i}")],
-            }));
-        }
-    }
-    for i in 0..MARIADB_SCHEMAS {
-        targets.push(json!({
-            "name": format!("maria-db{i}"), "engine": "mysql",
-            "host": "127.0.0.1", "port": servers.mariadb.port(), "user": "root",
-            "databases": [format!("app{i}")],
-        }));
-    }
-    targets
-}
-
-/// The server endpoints, as the coverage keys them.
-fn endpoints(servers: &Servers) -> Vec<String> {
-    let mut ports: Vec<u16> = servers.pg.iter().map(PgServer::port).collect();
-    ports.push(servers.mariadb.port());
-    ports
-        .iter()
-        .map(|port| format!("127.0.0.1:{port}"))
-        .collect()
-}
 
 /// One scenario's world: a namespace with a collector, the fleet and the receiver.
 struct Scenario {

@@ -9,6 +9,7 @@
 //! from the data points' timestamps (a gap or a double collection longer than one interval
 //! is a violation). Findings are printed with `eprintln!` and asserted.
 
+mod fleet_estate;
 mod operator_support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,108 +22,23 @@ use dbcollector_crds::status::{AVAILABLE, DEGRADED, PROGRESSING};
 use dbcollector_crds::DatabaseCollectorStatus;
 use dbcollector_tests::coverage::{self, Counting, Coverage, Window};
 use dbcollector_tests::{
-    assignment_table, eventually, Fleet, FleetOptions, MariaDbOptions, MariaDbServer, OtlpOptions,
-    OtlpReceiver, PgOptions, PgServer,
+    assignment_table, eventually, Fleet, FleetOptions, OtlpOptions, OtlpReceiver,
 };
+use fleet_estate::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use kube::Client;
 use operator_support::*;
-use serde_json::{json, Value};
-use tokio::sync::{Mutex, OnceCell};
+use serde_json::json;
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
-
-/// The collection interval of every target.
-const INTERVAL: Duration = Duration::from_secs(2);
-
-/// Databases per PostgreSQL server, each a target.
-const PG_DATABASES: usize = 8;
-
-/// Schemas on the MariaDB server, each a target.
-const MARIADB_SCHEMAS: usize = 6;
 
 /// How long a fleet may take to settle after a change.
 const SETTLE: Duration = Duration::from_secs(150);
 
 /// One scenario at a time.
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-struct Servers {
-    pg: [PgServer; 2],
-    mariadb: MariaDbServer,
-}
-
-async fn servers() -> &'static Servers {
-    static SERVERS: OnceCell<Servers> = OnceCell::const_new();
-    SERVERS
-        .get_or_init(|| async {
-            let (a, b, mariadb) = tokio::join!(
-                PgServer::start(PgOptions::default()),
-                PgServer::start(PgOptions::default()),
-                MariaDbServer::start(MariaDbOptions::default()),
-            );
-            let servers = Servers {
-                pg: [a.unwrap(), b.unwrap()],
-                mariadb: mariadb.unwrap(),
-            };
-            for pg in &servers.pg {
-                let admin = pg.admin_pool().await.unwrap();
-                for i in 0..PG_DATABASES {
-                    sqlx::query(&format!("CREATE DATABASE app{i}"))
-                        .execute(&admin)
-                        .await
-                        .unwrap();
-                }
-                admin.close().await;
-            }
-            let admin = servers.mariadb.admin_pool().await.unwrap();
-            for i in 0..MARIADB_SCHEMAS {
-                sqlx::query(&format!("CREATE DATABASE app{i}"))
-                    .execute(&admin)
-                    .await
-                    .unwrap();
-            }
-            admin.close().await;
-            servers
-        })
-        .await
-}
-
-fn pg_target(name: &str, port: u16, db: &str) -> Value {
-    json!({
-        "name": name, "engine": "postgresql", "host": "127.0.0.1", "port": port,
-        "user": "postgres", "databases": [db],
-    })
-}
-
-fn targets(servers: &Servers) -> Vec<Value> {
-    let mut targets = Vec::new();
-    for (letter, pg) in ["a", "b"].iter().zip(&servers.pg) {
-        for i in 0..PG_DATABASES {
-            targets.push(pg_target(
-                &format!("pg{letter}-db{i}"),
-                pg.port(),
-                &format!("app{i}"),
-            ));
-        }
-    }
-    for i in 0..MARIADB_SCHEMAS {
-        targets.push(json!({
-            "name": format!("maria-db{i}"), "engine": "mysql",
-            "host": "127.0.0.1", "port": servers.mariadb.port(), "user": "root",
-            "databases": [format!("app{i}")],
-        }));
-    }
-    targets
-}
-
-fn names(targets: &[Value]) -> Vec<String> {
-    targets
-        .iter()
-        .map(|t| t["name"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
 
 /// Polls the status every 250 ms and records every inconsistency: a slot owned by two
 /// pods, `unownedSlots` not the complement of the owned slots, the epoch going back.

@@ -50,18 +50,18 @@ fn otlp(c: &mut Criterion, report: &mut Report) {
     ] {
         let plain = encode(batches).encode_to_vec();
         let gzipped = harness::gzip(&plain);
-        let fast = harness::gzip_level(&plain, flate2::Compression::fast());
+        let level_6 = harness::gzip_grpc(&plain);
         let points = batches.iter().map(|b| b.points.len()).sum::<usize>() as f64;
         let size = plain.len() as f64;
         report.note(format!(
             "{name}: {size} B protobuf ({:.1} B/point); gzip {} B ({:.1} B/point, ratio {:.1}), \
-             level 1 {} B (ratio {:.1})",
+             level 6 {} B (ratio {:.1})",
             size / points,
             gzipped.len(),
             gzipped.len() as f64 / points,
             size / gzipped.len() as f64,
-            fast.len(),
-            size / fast.len() as f64,
+            level_6.len(),
+            size / level_6.len() as f64,
         ));
     }
 
@@ -89,9 +89,9 @@ fn otlp(c: &mut Criterion, report: &mut Report) {
     bench(&mut group, report, "gzip/pg_1k", 1_000, || {
         harness::gzip(&bytes)
     });
-    // The fastest level, for comparison (the exporter uses the default, 6).
-    bench(&mut group, report, "gzip/pg_1k_level_1", 1_000, || {
-        harness::gzip_level(&bytes, flate2::Compression::fast())
+    // The default level 6, for comparison (tonic's level for gRPC).
+    bench(&mut group, report, "gzip/pg_1k_level_6", 1_000, || {
+        harness::gzip_grpc(&bytes)
     });
 
     // Per request, as the HTTP transport prepares a body once for every attempt.
@@ -119,7 +119,7 @@ fn otlp(c: &mut Criterion, report: &mut Report) {
         report,
         "grpc_attempt/pg_1k_clone_encode_gzip",
         1_000,
-        || harness::gzip(&request.clone().encode_to_vec()),
+        || harness::gzip_grpc(&request.clone().encode_to_vec()),
     );
     group.finish();
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use criterion::Criterion;
 use dbcollector_worker::config;
-use dbcollector_worker::exporter::{Exporter, ExporterHandle};
+use dbcollector_worker::exporter::{Exporter, ExporterHandle, GZIP_LEVEL};
 use dbcollector_worker::telemetry::Metrics;
 
 /// Criterion with short warm-up and measurement times and ten samples, so every target
@@ -60,12 +60,19 @@ pub fn idle_exporter(max_points: u64, metrics: Arc<Metrics>) -> (ExporterHandle,
     (handle, listener)
 }
 
-/// Gzip at the default level, as the HTTP exporter compresses a request body (and tonic
-/// a gRPC message).
+/// Gzip at the exporter's level, as the HTTP exporter compresses a request body.
 ///
 /// # Panics
 /// Never in practice: writing into memory does not fail.
 pub fn gzip(data: &[u8]) -> Vec<u8> {
+    gzip_level(data, flate2::Compression::new(GZIP_LEVEL))
+}
+
+/// Gzip at the default level 6, as tonic compresses a gRPC message.
+///
+/// # Panics
+/// Never in practice: writing into memory does not fail.
+pub fn gzip_grpc(data: &[u8]) -> Vec<u8> {
     gzip_level(data, flate2::Compression::default())
 }
 

@@ -165,8 +165,19 @@ impl Transport for Client {
     }
 }
 
+/// The gzip level of OTLP/HTTP bodies: 1, the fastest.
+///
+/// Metric requests are repetitive (the same names and attributes on every point), so even
+/// the fastest level shrinks them tenfold or more. On the benches' PostgreSQL batches,
+/// level 1 costs a sixth of the CPU of the default level 6 for 1.5 to 1.75 times its bytes
+/// (16 B against 11 B per point in a 1000-point request); levels 2 and 3 save 12 to 24 % of
+/// level 1's bytes for 1.5 to 3 times its CPU. At level 6, compression had been a third of
+/// the worker's CPU. gRPC bodies are compressed by tonic, whose level is fixed at 6.
+pub const GZIP_LEVEL: u32 = 1;
+
 fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 4), Default::default());
+    let level = flate2::Compression::new(GZIP_LEVEL);
+    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 4), level);
     encoder.write_all(data)?;
     encoder.finish()
 }

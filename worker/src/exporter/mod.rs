@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use encode::{encode, SCOPE_NAME};
+pub use http::GZIP_LEVEL;
 
 use crate::config::{self, ValueSource};
 use crate::metrics::Batch;

@@ -3,88 +3,71 @@
 //! The caller splits each scrape as soon as it is processed, so batching bounds request
 //! sizes without holding points back: no batch waits for another scrape to fill it.
 
-use std::sync::Arc;
-use std::time::Instant;
-
-use crate::metrics::{Batch, Point, Resource};
+use crate::metrics::Batch;
 
 /// The parts of `batch`, in order, each with at most `max_points` points (a `max_points`
 /// of 0 is read as 1) and the batch's target, resource and read time. An empty batch
 /// has no parts; one that fits is passed through as is.
+///
+/// Points are moved, never cloned, and the scrape's buffer is given back as the parts are
+/// cut: they are taken from its end, each cut shrinking the buffer (`realloc` shrinks in
+/// place), and the first part keeps what is left of it. A scrape's points are thus held
+/// about once, plus one part, instead of once in the buffer and once in the parts.
 pub fn split(batch: Batch, max_points: usize) -> Split {
     let max_points = max_points.max(1);
     if batch.points.len() <= max_points {
-        let whole = (!batch.points.is_empty()).then_some(batch);
-        return Split {
-            whole,
-            rest: None,
-            max_points,
+        let parts = if batch.points.is_empty() {
+            Vec::new()
+        } else {
+            vec![batch]
         };
+        return Split { parts };
     }
+
+    // Last part first: `parts` is handed out from its end, in the scrape's order.
     let Batch {
+        target,
+        resource,
+        mut points,
+        read_at,
+    } = batch;
+    let mut parts = Vec::with_capacity(points.len().div_ceil(max_points));
+    while points.len() > max_points {
+        let cut = (points.len() - 1) / max_points * max_points;
+        let tail = points.split_off(cut);
+        points.shrink_to_fit();
+        parts.push(Batch {
+            target: target.clone(),
+            resource: resource.clone(),
+            points: tail,
+            read_at,
+        });
+    }
+    parts.push(Batch {
         target,
         resource,
         points,
         read_at,
-    } = batch;
-    let rest = Rest {
-        target,
-        resource,
-        read_at,
-        points: points.into_iter(),
-    };
-    Split {
-        whole: None,
-        rest: Some(rest),
-        max_points,
-    }
+    });
+    Split { parts }
 }
 
 /// The parts of a batch; see [`split`].
 #[derive(Debug)]
 pub struct Split {
-    whole: Option<Batch>,
-    rest: Option<Rest>,
-    max_points: usize,
-}
-
-/// The points not handed out yet, with what every part shares.
-#[derive(Debug)]
-struct Rest {
-    target: Arc<str>,
-    resource: Arc<Resource>,
-    read_at: Instant,
-    points: std::vec::IntoIter<Point>,
+    /// The parts not handed out yet, last part first.
+    parts: Vec<Batch>,
 }
 
 impl Iterator for Split {
     type Item = Batch;
 
     fn next(&mut self) -> Option<Batch> {
-        if let Some(whole) = self.whole.take() {
-            return Some(whole);
-        }
-        let rest = self.rest.as_mut()?;
-        let points: Vec<Point> = rest.points.by_ref().take(self.max_points).collect();
-        if points.is_empty() {
-            self.rest = None;
-            return None;
-        }
-        Some(Batch {
-            target: rest.target.clone(),
-            resource: rest.resource.clone(),
-            points,
-            read_at: rest.read_at,
-        })
+        self.parts.pop()
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = match (&self.whole, &self.rest) {
-            (Some(_), _) => 1,
-            (None, Some(rest)) => rest.points.len().div_ceil(self.max_points),
-            (None, None) => 0,
-        };
-        (n, Some(n))
+        (self.parts.len(), Some(self.parts.len()))
     }
 }
 
@@ -92,8 +75,10 @@ impl ExactSizeIterator for Split {}
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
-    use crate::metrics::{Descriptor, Value};
+    use crate::metrics::{Descriptor, Point, Resource, Value};
 
     static DESC: Descriptor = Descriptor::gauge("g", "1", "");
 
@@ -143,6 +128,15 @@ mod tests {
             assert_eq!(&*part.target, "db");
             assert!(Arc::ptr_eq(&part.resource, &resource));
             assert_eq!(part.read_at, read_at);
+        }
+    }
+
+    #[test]
+    fn no_part_keeps_the_scrape_buffer() {
+        let mut original = batch(2500);
+        original.points.reserve_exact(1500);
+        for part in split(original, 1000) {
+            assert!(part.points.capacity() <= 1000, "{}", part.points.capacity());
         }
     }
 

@@ -34,6 +34,9 @@ const MAX_TARGETS: u64 = 65_536;
 /// Moka refuses expiry times over 1000 years; a config may say more.
 const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// Points of the aggregate of the statements left out (see `push_others`).
+const AGGREGATE_POINTS: usize = 4;
+
 /// The attribute carrying obfuscated query text (OpenTelemetry semantic conventions).
 const QUERY_TEXT: &str = "db.query.text";
 
@@ -201,6 +204,19 @@ impl Statements {
         let desc = set.descriptors;
         let (start, time) = (set.start_unix_nanos, set.time_unix_nanos);
         let mut rows = set.rows;
+
+        // Everything this scrape appends, reserved at once: grown by doubling, `out` would
+        // hold room for up to twice the scrape's points, and move them at each step.
+        let kept: usize = candidates
+            .iter()
+            .zip(&keep)
+            .filter(|(_, &kept)| kept)
+            .filter_map(|(c, _)| rows.get(c.index))
+            .map(|row| points_of(desc, row) as usize)
+            .sum();
+        // The kept statements, the aggregate and the sample rate.
+        out.reserve_exact(kept + AGGREGATE_POINTS + 1);
+
         let mut others = Others::default();
         rest.iter().for_each(|c| others.add(c));
         let mut sampled_out = 0;
@@ -486,6 +502,22 @@ mod tests {
         );
 
         assert_eq!(exported(&out), BTreeSet::from(["small".to_owned()]));
+    }
+
+    #[test]
+    fn a_scrape_reserves_its_points_once_without_slack() {
+        let (s, _) = statements(no_sampling());
+        let rows = |calls| {
+            (0..50)
+                .map(|i| row(&format!("q{i}"), calls, 1.0, 1, 0))
+                .collect()
+        };
+        scrape(&s, &top(10), rows(1), 1);
+
+        // Ten kept statements of four points, the aggregate and the sample rate.
+        let out = scrape(&s, &top(10), rows(2), 2);
+        assert_eq!(out.len(), 10 * 4 + AGGREGATE_POINTS + 1);
+        assert_eq!(out.capacity(), out.len());
     }
 
     #[test]

@@ -3,9 +3,16 @@
 # pg_stat_statements), MariaDB and python3; checks for cargo. Idempotent, and quick when
 # everything is there: apt is only used for what is missing. The system database services
 # are not started: the tests start throwaway servers of their own.
+#
+# Usage: scripts/setup.sh [PACKAGE...]   extra Debian packages installed the same way
+# when missing (scripts/load-bench.sh passes the Prometheus exporters).
 set -euo pipefail
 
 missing=()
+for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' ||
+        missing+=("$package")
+done
 
 # PostgreSQL: the server binaries and the pg_stat_statements module (in postgresql-15 on
 # bookworm; postgresql-contrib is the metapackage that guarantees it elsewhere).

@@ -9,7 +9,7 @@ use dbcollector_benches::fixtures::{self, Engine, StatementFeed, INTERVAL, START
 use dbcollector_benches::harness;
 use dbcollector_benches::report::Report;
 use dbcollector_worker::config;
-use dbcollector_worker::exporter::{encode, ExporterHandle};
+use dbcollector_worker::exporter::{encode_bytes, ExporterHandle};
 use dbcollector_worker::metrics::{Batch, Point, PointSink, Resource};
 use dbcollector_worker::pipeline;
 use dbcollector_worker::processors::batcher;
@@ -18,7 +18,6 @@ use dbcollector_worker::receivers::postgres::mapping as pg;
 use dbcollector_worker::receivers::StatementSet;
 use dbcollector_worker::scheduler::Job;
 use dbcollector_worker::telemetry::Metrics;
-use prost::Message;
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -222,7 +221,7 @@ fn chain(c: &mut Criterion, report: &mut Report) {
             if stage == Stage::Batches {
                 continue;
             }
-            let body = encode(request).encode_to_vec();
+            let body = encode_bytes(request);
             sizes.1 += body.len();
             sizes.2 += match stage {
                 Stage::Gzip => harness::gzip(&body).len(),

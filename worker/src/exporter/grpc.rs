@@ -2,22 +2,31 @@
 
 use std::error::Error as _;
 
+use bytes::{BufMut as _, Bytes};
+use http::uri::PathAndQuery;
 use http::HeaderMap;
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use tonic::codec::CompressionEncoding;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use tonic::client::Grpc;
+use tonic::codec::{Codec, CompressionEncoding, EncodeBuf, Encoder};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::GrpcMethod;
+use tonic_prost::ProstDecoder;
 
 use super::retry::{grpc_class, retry_info};
 use super::tls::TlsFiles;
 use super::{Accepted, Error, Failure, SendError, Transport};
 use crate::config;
 
+/// The service and method of OTLP metrics export.
+const SERVICE: &str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
+const METHOD: &str = "Export";
+const PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
 /// Sends requests as unary `MetricsService/Export` calls.
 #[derive(Debug)]
 pub(crate) struct Client {
-    client: MetricsServiceClient<Channel>,
+    client: Grpc<Channel>,
 }
 
 impl Client {
@@ -51,7 +60,7 @@ impl Client {
                 })?;
         }
 
-        let mut client = MetricsServiceClient::new(endpoint.connect_lazy());
+        let mut client = Grpc::new(endpoint.connect_lazy());
         if config.compression == config::Compression::Gzip {
             client = client
                 .send_compressed(CompressionEncoding::Gzip)
@@ -62,24 +71,30 @@ impl Client {
 }
 
 impl Transport for Client {
-    // tonic encodes (and compresses) the message itself, so a retry clones the message.
-    type Prepared = ExportMetricsServiceRequest;
+    // The encoded request, shared by every attempt; tonic compresses it per attempt.
+    type Prepared = Bytes;
 
-    fn prepare(&self, request: ExportMetricsServiceRequest) -> Self::Prepared {
-        request
+    fn prepare(&self, request: Vec<u8>) -> Bytes {
+        request.into()
     }
 
-    async fn export(
-        &self,
-        request: &ExportMetricsServiceRequest,
-        headers: &HeaderMap,
-    ) -> Result<Accepted, Failure> {
+    async fn export(&self, request: &Bytes, headers: &HeaderMap) -> Result<Accepted, Failure> {
         let mut call = tonic::Request::new(request.clone());
         *call.metadata_mut() = MetadataMap::from_headers(headers.clone());
+        call.extensions_mut()
+            .insert(GrpcMethod::new(SERVICE, METHOD));
 
-        // A clone shares the channel; `export` needs `&mut` only for readiness.
+        // A clone shares the channel; the call needs `&mut` only for readiness.
         let mut client = self.client.clone();
-        match client.export(call).await {
+        let result = match client.ready().await {
+            Ok(()) => {
+                client
+                    .unary(call, PathAndQuery::from_static(PATH), PreEncoded)
+                    .await
+            }
+            Err(error) => Err(tonic::Status::from_error(error.into())),
+        };
+        match result {
             Ok(response) => {
                 let partial = response.into_inner().partial_success.unwrap_or_default();
                 Ok(Accepted {
@@ -99,6 +114,41 @@ impl Transport for Client {
                 })
             }
         }
+    }
+}
+
+/// The gRPC codec of a request encoded beforehand (see `encode_bytes`): its bytes go out as
+/// they are; the response is decoded by prost.
+#[derive(Debug, Clone, Copy)]
+struct PreEncoded;
+
+impl Codec for PreEncoded {
+    type Encode = Bytes;
+    type Decode = ExportMetricsServiceResponse;
+    type Encoder = Raw;
+    type Decoder = ProstDecoder<ExportMetricsServiceResponse>;
+
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstDecoder::default()
+    }
+}
+
+/// Writes bytes that are already a protobuf message.
+#[derive(Debug, Clone, Copy)]
+struct Raw;
+
+impl Encoder for Raw {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.reserve(item.len());
+        dst.put(item);
+        Ok(())
     }
 }
 

@@ -6,9 +6,7 @@ use bytes::Bytes;
 use flate2::write::GzEncoder;
 use http::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http::HeaderMap;
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
 use prost::Message;
 
 use super::retry::{http_class, retry_after, Class, RpcStatus};
@@ -85,8 +83,7 @@ fn metrics_url(endpoint: &str) -> Result<reqwest::Url, Error> {
 impl Transport for Client {
     type Prepared = Body;
 
-    fn prepare(&self, request: ExportMetricsServiceRequest) -> Body {
-        let plain = request.encode_to_vec();
+    fn prepare(&self, plain: Vec<u8>) -> Body {
         if !self.gzip {
             return Body {
                 bytes: plain.into(),

@@ -1,6 +1,6 @@
 //! Sends batches to an OTLP receiver over gRPC or HTTP/protobuf, with retry and a bounded queue.
 //!
-//! The data path builds OTLP messages directly from [`Batch`]es (see [`encode`]) instead of
+//! The data path writes OTLP requests directly from [`Batch`]es (see [`encode_bytes`]) instead of
 //! going through the OpenTelemetry SDK: the SDK would aggregate the points itself, apply its
 //! cardinality limits and stamp its own start times, which would alter the database's own
 //! cumulative counters and their reset times. Here a point leaves exactly as it was read.
@@ -29,12 +29,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use ::http::{HeaderMap, HeaderName, HeaderValue};
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use encode::{encode, SCOPE_NAME};
+pub use encode::{encode, encode_bytes, SCOPE_NAME};
 pub use http::GZIP_LEVEL;
 
 use crate::config::{self, ValueSource};
@@ -339,9 +338,9 @@ pub(crate) trait Transport: Send + Sync + 'static {
     /// A request ready to be sent, possibly more than once.
     type Prepared: Send + Sync + 'static;
 
-    /// Turns an encoded request into what `export` sends (e.g. compressed bytes), once
-    /// per request rather than once per attempt.
-    fn prepare(&self, request: ExportMetricsServiceRequest) -> Self::Prepared;
+    /// Turns an encoded request (its protobuf bytes) into what `export` sends (e.g.
+    /// compressed bytes), once per request rather than once per attempt.
+    fn prepare(&self, request: Vec<u8>) -> Self::Prepared;
 
     /// Sends one attempt with these headers.
     fn export(
@@ -482,7 +481,7 @@ impl<T: Transport> Sender<T> {
             };
             let Some(batches) = next else { return };
             let points: u64 = batches.iter().map(|b| b.points.len() as u64).sum();
-            let request = self.transport.prepare(encode(&batches));
+            let request = self.transport.prepare(encode_bytes(&batches));
             drop(batches);
 
             tokio::select! {

@@ -3,6 +3,9 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use prost::Message as _;
+
 use super::*;
 use crate::attrs;
 use crate::metrics::{Descriptor, Point, Resource, Value};
@@ -63,8 +66,9 @@ impl Fake {
 impl Transport for Fake {
     type Prepared = ExportMetricsServiceRequest;
 
-    fn prepare(&self, request: ExportMetricsServiceRequest) -> Self::Prepared {
-        request
+    fn prepare(&self, request: Vec<u8>) -> Self::Prepared {
+        ExportMetricsServiceRequest::decode(request.as_slice())
+            .expect("the exporter's bytes decode")
     }
 
     async fn export(

@@ -4,6 +4,7 @@
 //! never a drop); a pool of tasks, one per core by default, turns statement statistics
 //! into points through the statements processor (top N, adaptive sampling, aggregate),
 //! cuts the points into batches at the size cap and hands them to the exporter. A
+//! scrape's points read as they are go out before its statements are ranked, and a
 //! scrape's last batch is flushed as soon as it is cut, so batching adds no delay.
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::exporter::ExporterHandle;
 use crate::metrics::Batch;
 use crate::processors::batcher;
 use crate::processors::statements::Statements;
+use crate::receivers::Scrape;
 use crate::scheduler::Job;
 use crate::telemetry::Metrics;
 
@@ -84,17 +86,32 @@ pub fn process(
         scrape,
         statements: settings,
     } = job;
-    let mut points = scrape.points;
-    if let Some(set) = scrape.statements {
-        statements.process(&scrape.target, &settings, set, &mut points);
-    }
-    metrics.points_received.inc_by(points.len() as u64);
-    let batch = Batch {
-        target: scrape.target,
-        resource: scrape.resource,
+    let Scrape {
+        target,
+        resource,
         points,
-        read_at: scrape.read_at,
+        statements: set,
+        read_at,
+    } = scrape;
+    let batch = |points| Batch {
+        target: target.clone(),
+        resource: resource.clone(),
+        points,
+        read_at,
     };
+    // The points read as they are leave first, so ranking the statements holds none of
+    // them back.
+    hand_over(batch(points), exporter, max_points, metrics);
+    if let Some(set) = set {
+        let mut points = Vec::new();
+        statements.process(&target, &settings, set, &mut points);
+        hand_over(batch(points), exporter, max_points, metrics);
+    }
+}
+
+/// Cuts `batch` into parts of at most `max_points` and hands them to the exporter.
+fn hand_over(batch: Batch, exporter: &ExporterHandle, max_points: usize, metrics: &Metrics) {
+    metrics.points_received.inc_by(batch.points.len() as u64);
     for part in batcher::split(batch, max_points) {
         exporter.send(part);
     }
@@ -110,7 +127,6 @@ mod tests {
     use crate::config;
     use crate::exporter::Exporter;
     use crate::metrics::{Descriptor, Point, Resource, Value};
-    use crate::receivers::Scrape;
 
     static GAUGE: Descriptor = Descriptor::gauge("g", "1", "");
 

@@ -496,9 +496,10 @@ pub struct Sampler {
     /// Statements kept whatever the rate: the slowest, most called and erroring,
     /// this many of each. Default `10`.
     pub always_keep: u32,
-    /// Most statement keys whose sampling state is remembered. Default `100000`.
+    /// Most statement keys remembered (their previous counters), all targets together.
+    /// Default `100000`.
     pub max_keys: u64,
-    /// A key unseen for this long is forgotten. Default `1h`.
+    /// A target not scraped for this long is forgotten with its statements. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub key_ttl: Duration,
 }

@@ -7,18 +7,26 @@
 //! statement is folded into one aggregate per target, sent as delta sums over the
 //! interval since the previous scrape, so totals stay right however the top N changes.
 //!
-//! What is remembered is bounded: the previous counters per (target, statement) live in
-//! a cache of at most `sampler.max_keys` entries that forgets keys unseen for
-//! `sampler.key_ttl`; a key it no longer holds counts as new (its cumulative value is its
-//! change), which can only overstate one interval.
+//! What is remembered is bounded: each target keeps the counters of the statements of its
+//! latest scrape, by key hash, in a map replaced at every scrape (a statement missing from
+//! a scrape was evicted or reset by the server, so its counters start again anyway). All
+//! targets together remember at most `sampler.max_keys` statements; past that budget the
+//! rest of a scrape's statements are not remembered and count as new at their next scrape
+//! (their cumulative value is their change), which can only overstate one interval. A
+//! target not scraped for `sampler.key_ttl` is forgotten with its statements.
+//!
+//! Looking a statement up is one probe of the target's own map, with the key's hash as
+//! the map's hash: about a tenth of what a concurrent cache costs per key, which matters
+//! as every statement of every scrape is looked up before the first of its points leaves.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
+use nohash_hasher::IntMap;
 use smallvec::SmallVec;
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::config::{self, QueryText};
 use crate::metrics::{AttrValue, Attributes, Descriptor, Point, Value};
@@ -84,21 +92,79 @@ impl Counters {
 }
 
 /// What is remembered of a target between scrapes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TargetState {
     /// Read time of the previous scrape, Unix nanoseconds: the aggregate's start.
     previous: Option<u64>,
     /// The sampler's rate at the previous scrape.
     rate: Option<f64>,
+    /// The counters of the previous scrape's statements, by [`key_hash`]. A collision
+    /// within one target needs ~2^32 keys.
+    counters: IntMap<u64, Counters>,
+    /// The worker-wide count of remembered keys this map's entries are part of.
+    budget: Arc<KeyBudget>,
+}
+
+impl TargetState {
+    fn new(budget: Arc<KeyBudget>) -> Self {
+        Self {
+            previous: None,
+            rate: None,
+            counters: IntMap::default(),
+            budget,
+        }
+    }
+}
+
+impl Drop for TargetState {
+    /// A forgotten target gives its keys back (when the last processing of it is done).
+    fn drop(&mut self) {
+        self.budget.release(self.counters.len());
+    }
+}
+
+/// Statement keys remembered by all targets together, at most `max`.
+#[derive(Debug)]
+struct KeyBudget {
+    held: AtomicU64,
+    max: u64,
+}
+
+impl KeyBudget {
+    /// Gives back `released` keys and takes up to `wanted`; returns how many were taken.
+    fn exchange(&self, released: usize, wanted: usize) -> usize {
+        let (released, wanted) = (released as u64, wanted as u64);
+        let mut taken = 0;
+        // The closure always returns `Some`, so the update cannot fail.
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                let others = held.saturating_sub(released);
+                taken = wanted.min(self.max.saturating_sub(others));
+                Some(others + taken)
+            });
+        taken as usize
+    }
+
+    fn release(&self, keys: usize) {
+        let keys = keys as u64;
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(keys))
+            });
+    }
+
+    fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
 }
 
 /// The statement processor, shared by every processing task.
 pub struct Statements {
-    /// Previous counters per (target, statement): the target's hash in the high half,
-    /// the key's in the low half. A collision within one target needs ~2^32 keys.
-    keys: Cache<u128, Counters>,
     /// Per target; the lock also keeps two scrapes of one target from interleaving.
     targets: Cache<Arc<str>, Arc<Mutex<TargetState>>>,
+    budget: Arc<KeyBudget>,
     sampler: Sampler,
     metrics: Arc<Metrics>,
 }
@@ -106,7 +172,7 @@ pub struct Statements {
 impl std::fmt::Debug for Statements {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Statements")
-            .field("keys", &self.keys.entry_count())
+            .field("keys", &self.budget.held())
             .field("targets", &self.targets.entry_count())
             .field("sampler", &self.sampler)
             .finish_non_exhaustive()
@@ -135,10 +201,6 @@ impl Statements {
     /// A processor sampling as `sampler` says, reporting to `metrics`.
     pub fn new(sampler: &config::Sampler, metrics: Arc<Metrics>) -> Self {
         let ttl = sampler.key_ttl.min(MAX_TTL);
-        let keys = Cache::builder()
-            .max_capacity(sampler.max_keys)
-            .time_to_live(ttl)
-            .build();
         let listener_metrics = metrics.clone();
         let targets = Cache::builder()
             .max_capacity(MAX_TARGETS)
@@ -152,8 +214,11 @@ impl Statements {
             })
             .build();
         Self {
-            keys,
             targets,
+            budget: Arc::new(KeyBudget {
+                held: AtomicU64::new(0),
+                max: sampler.max_keys,
+            }),
             sampler: Sampler::new(sampler),
             metrics,
         }
@@ -170,9 +235,9 @@ impl Statements {
         set: StatementSet,
         out: &mut Vec<Point>,
     ) {
-        let slot = self
-            .targets
-            .get_with_by_ref(target, || Arc::new(Mutex::new(TargetState::default())));
+        let slot = self.targets.get_with_by_ref(target, || {
+            Arc::new(Mutex::new(TargetState::new(self.budget.clone())))
+        });
         // A panic while holding the lock leaves at worst an old baseline.
         let mut state = slot.lock().unwrap_or_else(PoisonError::into_inner);
         if state.previous.is_some_and(|p| set.time_unix_nanos <= p) {
@@ -186,7 +251,7 @@ impl Statements {
 
         // Changes since the previous scrape, slowest first; the top N are the candidates,
         // the rest go to the aggregate.
-        let mut ranked = self.changes(target, state.previous.is_none(), &set.rows);
+        let mut ranked = self.changes(&mut state, &set.rows);
         let top = match settings.top_n {
             0 => ranked.len(),
             n => (n as usize).min(ranked.len()),
@@ -253,23 +318,28 @@ impl Statements {
             .sampler_rate
             .get_or_create(&Metrics::target(target))
             .set(rate);
-        let keys = i64::try_from(self.keys.entry_count()).unwrap_or(i64::MAX);
+        let keys = i64::try_from(self.budget.held()).unwrap_or(i64::MAX);
         self.metrics.sampler_keys.set(keys);
     }
 
-    /// Each row's change since the previous scrape, remembering the new counters. On the
-    /// target's first scrape every change is the cumulative value.
-    fn changes(&self, target: &str, first: bool, rows: &[StatementRow]) -> Vec<Candidate> {
-        let scope = u128::from(xxh3_64(target.as_bytes())) << 64;
-        rows.iter()
+    /// Each row's change since the previous scrape, remembering the new counters in place
+    /// of the previous ones, as many as the worker's key budget allows. A statement not
+    /// remembered (the target's first scrape, or past the budget) changed by its
+    /// cumulative value.
+    fn changes(&self, state: &mut TargetState, rows: &[StatementRow]) -> Vec<Candidate> {
+        let previous = std::mem::take(&mut state.counters);
+        let room = self.budget.exchange(previous.len(), rows.len());
+        let mut counters = IntMap::with_capacity_and_hasher(room, Default::default());
+        let candidates = rows
+            .iter()
             .enumerate()
             .map(|(index, row)| {
                 let hash = key_hash(&row.key);
-                let id = scope | u128::from(hash);
                 let now = Counters::of(row);
-                let prev = if first { None } else { self.keys.get(&id) };
-                let change = prev.map_or(now, |prev| now.since(prev));
-                self.keys.insert(id, now);
+                let change = previous.get(&hash).map_or(now, |prev| now.since(*prev));
+                if counters.len() < room {
+                    counters.insert(hash, now);
+                }
                 Candidate {
                     index,
                     hash,
@@ -279,7 +349,11 @@ impl Statements {
                     errors: change.errors,
                 }
             })
-            .collect()
+            .collect();
+        // Keys repeated within the scrape took room once.
+        self.budget.release(room - counters.len());
+        state.counters = counters;
+        candidates
     }
 }
 
@@ -677,8 +751,7 @@ mod tests {
         assert!(last < medium, "{last}");
         assert!((25..100).contains(&kept), "{kept} kept for a budget of 50");
 
-        s.keys.run_pending_tasks();
-        assert!(s.keys.entry_count() <= 1000, "{}", s.keys.entry_count());
+        assert_eq!(s.budget.held(), 1000);
         assert_eq!(
             metrics
                 .sampler_rate
@@ -687,6 +760,63 @@ mod tests {
             last
         );
         assert!(metrics.sampler_keys.get() > 0);
+    }
+
+    #[test]
+    fn targets_share_the_key_budget_and_a_forgotten_target_gives_its_keys_back() {
+        let sampler = config::Sampler {
+            max_keys: 1000,
+            ..no_sampling()
+        };
+        let (s, metrics) = statements(sampler);
+        let run = |target: &str, rows: Vec<StatementRow>, time: u64| {
+            let set = StatementSet {
+                descriptors: &DESCS,
+                rows,
+                time_unix_nanos: time,
+                start_unix_nanos: START,
+            };
+            let mut out = Vec::new();
+            s.process(&Arc::from(target), &top(1), set, &mut out);
+            out
+        };
+        // Each statement has run once per scrape so far: its change is 1 call when its
+        // previous counters were remembered, its cumulative count when not. The slowest
+        // (the last row) is the top 1; the others go to the aggregate.
+        let rows = |scrape: i64| -> Vec<StatementRow> {
+            (0..600)
+                .map(|i| {
+                    row(
+                        &format!("q{i}"),
+                        scrape,
+                        (i + 1) as f64 * scrape as f64,
+                        1,
+                        0,
+                    )
+                })
+                .collect()
+        };
+        let others_calls = |out: &[Point]| only(out, &OTHERS_CALLS).value;
+
+        run("a", rows(1), 1);
+        run("b", rows(1), 1);
+        assert_eq!(s.budget.held(), 1000);
+        assert_eq!(metrics.sampler_keys.get(), 1000);
+
+        // `a` remembered all 600; `b` its first 400, so 199 of its others count whole.
+        let a = run("a", rows(2), 2);
+        assert_eq!(others_calls(&a), Value::Int(599));
+        let b = run("b", rows(2), 2);
+        assert_eq!(others_calls(&b), Value::Int(400 + 199 * 2));
+
+        // `a` forgotten: its keys go back, and `b` remembers all of its statements.
+        s.targets.invalidate("a");
+        s.targets.run_pending_tasks();
+        assert_eq!(s.budget.held(), 400);
+        run("b", rows(3), 3);
+        assert_eq!(s.budget.held(), 600);
+        let b = run("b", rows(4), 4);
+        assert_eq!(others_calls(&b), Value::Int(599));
     }
 
     #[test]

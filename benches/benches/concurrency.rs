@@ -11,7 +11,7 @@ use dbcollector_benches::harness;
 use dbcollector_benches::report::Report;
 use dbcollector_worker::config;
 use dbcollector_worker::exporter::ExporterHandle;
-use dbcollector_worker::metrics::{Point, Resource};
+use dbcollector_worker::metrics::{Point, Points, Resource};
 use dbcollector_worker::pipeline::{self, Pool};
 use dbcollector_worker::processors::breaker::Breakers;
 use dbcollector_worker::processors::statements::Statements;
@@ -276,9 +276,8 @@ fn statement_keys(c: &mut Criterion, report: &mut Report, threads: usize) {
             for (target, sets) in targets.iter().zip(sets) {
                 let (processor, settings) = (&processor, &settings);
                 s.spawn(move || {
-                    let mut out = Vec::new();
                     for set in sets {
-                        out.clear();
+                        let mut out = Points::new();
                         processor.process(target, settings, set, &mut out);
                     }
                 });

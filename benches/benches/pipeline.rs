@@ -10,7 +10,7 @@ use dbcollector_benches::harness;
 use dbcollector_benches::report::Report;
 use dbcollector_worker::config;
 use dbcollector_worker::exporter::{encode_bytes, ExporterHandle};
-use dbcollector_worker::metrics::{Batch, Point, PointSink, Resource};
+use dbcollector_worker::metrics::{Batch, Point, PointSink, Points, Resource};
 use dbcollector_worker::pipeline;
 use dbcollector_worker::processors::batcher;
 use dbcollector_worker::processors::statements::Statements;
@@ -189,7 +189,7 @@ fn chain(c: &mut Criterion, report: &mut Report) {
     // requests of up to four batches as protobuf bytes, and gzip. Everything but the
     // database and the network. Returns (points, protobuf bytes, bytes sent).
     let run = |(records, now): (Vec<pg::StatementRecord>, u64), stage: Stage| {
-        let mut points = Vec::new();
+        let mut points = Points::new();
         let mut sink = PointSink::new(&mut points, now, START);
         pg::databases(&rows.databases, &mut sink);
         pg::server(&rows.wide.server, &mut sink);
@@ -212,9 +212,16 @@ fn chain(c: &mut Criterion, report: &mut Report) {
         };
         statements.process(&target, &settings, set, &mut points);
 
-        let mut batch = Batch::new(target.clone(), resource.clone());
-        batch.points = points;
-        let parts: Vec<Batch> = batcher::split(batch, MAX_POINTS).collect();
+        // As the pipeline hands them over: each buffer of points is one batch.
+        let parts: Vec<Batch> = points
+            .into_chunks()
+            .into_iter()
+            .flat_map(|chunk| {
+                let mut batch = Batch::new(target.clone(), resource.clone());
+                batch.points = chunk;
+                batcher::split(batch, MAX_POINTS)
+            })
+            .collect();
         let mut sizes = (0, 0, 0);
         for request in parts.chunks(REQUEST_BATCHES) {
             sizes.0 += request.iter().map(|b| b.points.len()).sum::<usize>();

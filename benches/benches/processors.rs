@@ -10,7 +10,7 @@ use dbcollector_benches::fixtures::{self, Engine, StatementFeed};
 use dbcollector_benches::harness;
 use dbcollector_benches::report::Report;
 use dbcollector_worker::config::{self, QueryText};
-use dbcollector_worker::metrics::Point;
+use dbcollector_worker::metrics::Points;
 use dbcollector_worker::processors::batcher;
 use dbcollector_worker::processors::breaker::{Breakers, Decision};
 use dbcollector_worker::processors::sampler::{key_hash, Candidate, Sampler};
@@ -37,6 +37,7 @@ struct Case {
     name: &'static str,
     feed: StatementFeed,
     settings: config::Statements,
+    sampler: config::Sampler,
 }
 
 fn statements(c: &mut Criterion, report: &mut Report) {
@@ -54,12 +55,14 @@ fn statements(c: &mut Criterion, report: &mut Report) {
             name: "low_cardinality/pg_200_stable",
             feed: StatementFeed::stable(Engine::Postgres, 200),
             settings: config::Statements::default(),
+            sampler: config::Sampler::default(),
         },
         // The same, exporting obfuscated text for the kept ones.
         Case {
             name: "low_cardinality/pg_200_stable_obfuscated_text",
             feed: StatementFeed::stable(Engine::Postgres, 200).with_text(),
             settings: text,
+            sampler: config::Sampler::default(),
         },
         // 5000 statements per scrape out of 1M distinct keys: every key is new for 200
         // scrapes, and the key cache (100k) evicts all the time.
@@ -67,35 +70,46 @@ fn statements(c: &mut Criterion, report: &mut Report) {
             name: "high_cardinality/pg_5k_of_1M_keys",
             feed: StatementFeed::churning(Engine::Postgres, 1_000_000, 5_000),
             settings: config::Statements::default(),
+            sampler: config::Sampler::default(),
         },
         Case {
             name: "high_cardinality/mysql_5k_of_1M_keys",
             feed: StatementFeed::churning(Engine::MySql, 1_000_000, 5_000),
             settings: config::Statements::default(),
+            sampler: config::Sampler::default(),
         },
         // No top N: the sampler chooses among all 5000 (about 500 kept).
         Case {
             name: "sampled/mysql_5k_stable_top_n_0",
             feed: StatementFeed::stable(Engine::MySql, 5_000),
+            settings: all_sampled.clone(),
+            sampler: config::Sampler::default(),
+        },
+        // The load bench's parity: no top N, no sampling, every statement kept.
+        Case {
+            name: "parity/pg_5k_stable_all_kept",
+            feed: StatementFeed::stable(Engine::Postgres, 5_000),
             settings: all_sampled,
+            sampler: config::Sampler {
+                enabled: false,
+                ..Default::default()
+            },
         },
     ];
 
     let mut group = c.benchmark_group("statements");
     for case in cases {
-        let processor = Statements::new(
-            &config::Sampler::default(),
-            Arc::new(Metrics::unregistered()),
-        );
+        let processor = Statements::new(&case.sampler, Arc::new(Metrics::unregistered()));
         let target: Arc<str> = Arc::from("pg-orders");
         let Case {
             name,
             mut feed,
             settings,
+            ..
         } = case;
         let rows = feed.per_scrape();
         let run = |set| {
-            let mut out: Vec<Point> = Vec::new();
+            let mut out = Points::new();
             processor.process(&target, &settings, set, &mut out);
             out
         };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use dbcollector_worker::attrs;
 use dbcollector_worker::config;
-use dbcollector_worker::metrics::{Batch, Point, PointSink, Resource};
+use dbcollector_worker::metrics::{Batch, Point, PointSink, Points, Resource};
 use dbcollector_worker::processors::statements::Statements;
 use dbcollector_worker::receivers::mysql::mapping as my;
 use dbcollector_worker::receivers::postgres::mapping as pg;
@@ -663,12 +663,12 @@ pub fn statement_points(engine: Engine, statements: u32) -> Vec<Point> {
     };
     let mut feed = StatementFeed::stable(engine, u64::from(statements) * 5);
     let target: Arc<str> = Arc::from("fixture");
-    let mut out = Vec::new();
+    let mut out = Points::new();
     for _ in 0..2 {
-        out.clear();
+        out = Points::new();
         processor.process(&target, &settings, feed.next_set(), &mut out);
     }
-    out
+    out.into_iter().collect()
 }
 
 /// An export batch of exactly `n` points of one target: about 20 % statement points,
@@ -699,7 +699,7 @@ pub fn job(
         scrape: Scrape {
             target: target.clone(),
             resource: resource.clone(),
-            points,
+            points: points.into_iter().collect(),
             statements,
             read_at: std::time::Instant::now(),
         },

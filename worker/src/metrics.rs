@@ -182,6 +182,110 @@ pub struct Point {
     pub time_unix_nanos: u64,
 }
 
+/// Points in order, in buffers of at most [`Points::CHUNK`] points each.
+///
+/// A scrape of a large estate yields 100k points and more. In one `Vec`, they would be
+/// held in a buffer of tens of megabytes that grows by doubling, that the allocator maps
+/// fresh from the system (and the kernel faults in page by page) at every scrape, and that
+/// batching would then copy into export batches. Here each buffer stays below the
+/// allocator's threshold for mapping, so buffers are reused from its free lists, and each
+/// buffer leaves as one export batch as it is: no point is copied after it is built.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Points {
+    chunks: Vec<Vec<Point>>,
+    len: usize,
+}
+
+impl Points {
+    /// Points per buffer: as many as fit in 96 KiB, below glibc's default 128 KiB
+    /// threshold above which an allocation gets its own mapping.
+    pub const CHUNK: usize = 96 * 1024 / std::mem::size_of::<Point>();
+
+    /// No points.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a point.
+    pub fn push(&mut self, point: Point) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(point),
+            _ => {
+                let mut chunk = Vec::with_capacity(Self::CHUNK);
+                chunk.push(point);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// How many points.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The points in order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Point> + '_ {
+        self.chunks.iter().flatten()
+    }
+
+    /// The last point.
+    pub fn last(&self) -> Option<&Point> {
+        self.chunks.last().and_then(|c| c.last())
+    }
+
+    /// The buffers, in order, none empty.
+    pub fn into_chunks(self) -> Vec<Vec<Point>> {
+        self.chunks
+    }
+}
+
+impl IntoIterator for Points {
+    type Item = Point;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Vec<Point>>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.chunks.into_iter().flatten()
+    }
+}
+
+impl FromIterator<Point> for Points {
+    fn from_iter<I: IntoIterator<Item = Point>>(iter: I) -> Self {
+        let mut points = Points::new();
+        iter.into_iter().for_each(|p| points.push(p));
+        points
+    }
+}
+
+impl Extend<Point> for Points {
+    fn extend<I: IntoIterator<Item = Point>>(&mut self, iter: I) {
+        iter.into_iter().for_each(|p| self.push(p));
+    }
+}
+
+/// Where a [`PointSink`] appends: a scrape's [`Points`], or a plain `Vec` (tests, benches).
+pub trait PointOut: std::fmt::Debug + Send {
+    /// Appends a point.
+    fn push_point(&mut self, point: Point);
+}
+
+impl PointOut for Points {
+    fn push_point(&mut self, point: Point) {
+        self.push(point);
+    }
+}
+
+impl PointOut for Vec<Point> {
+    fn push_point(&mut self, point: Point) {
+        self.push(point);
+    }
+}
+
 /// What identifies the monitored database instance a batch comes from; becomes the OTLP
 /// resource. It never names the worker, so series do not fork when a target moves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,7 +323,7 @@ impl Batch {
 /// Builds points that share a read time, so receivers stay one metric per line.
 #[derive(Debug)]
 pub struct PointSink<'a> {
-    out: &'a mut Vec<Point>,
+    out: &'a mut dyn PointOut,
     /// Read time of the points pushed, Unix nanoseconds.
     pub now: u64,
     /// Start time used for cumulative sums, Unix nanoseconds.
@@ -228,7 +332,7 @@ pub struct PointSink<'a> {
 
 impl<'a> PointSink<'a> {
     /// A sink that appends to `out`, stamping `now`, with `start` for cumulative sums.
-    pub fn new(out: &'a mut Vec<Point>, now: u64, start: u64) -> Self {
+    pub fn new(out: &'a mut dyn PointOut, now: u64, start: u64) -> Self {
         Self { out, now, start }
     }
 
@@ -238,7 +342,7 @@ impl<'a> PointSink<'a> {
             Kind::Gauge => 0,
             Kind::CumulativeSum { .. } | Kind::DeltaSum { .. } => self.start,
         };
-        self.out.push(Point {
+        self.out.push_point(Point {
             desc,
             attrs,
             value,
@@ -269,7 +373,7 @@ impl<'a> PointSink<'a> {
         attrs: Attributes,
         start: u64,
     ) {
-        self.out.push(Point {
+        self.out.push_point(Point {
             desc,
             attrs,
             value,
@@ -300,4 +404,56 @@ macro_rules! attrs {
         $( a.push(($k, $crate::metrics::AttrValue::from($v))); )+
         a
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static G: Descriptor = Descriptor::gauge("g", "1", "");
+
+    fn point(i: usize) -> Point {
+        Point {
+            desc: &G,
+            attrs: Attributes::new(),
+            value: Value::Int(i as i64),
+            start_unix_nanos: 0,
+            time_unix_nanos: 1,
+        }
+    }
+
+    #[test]
+    fn a_buffer_of_points_stays_below_the_allocators_mapping_threshold() {
+        assert!(Points::CHUNK >= 256, "{}", Points::CHUNK);
+        assert!(Points::CHUNK * std::mem::size_of::<Point>() <= 96 * 1024);
+    }
+
+    #[test]
+    fn points_keep_their_order_across_full_buffers() {
+        let n = Points::CHUNK * 2 + 7;
+        let points: Points = (0..n).map(point).collect();
+        assert_eq!(points.len(), n);
+        assert_eq!(points.last(), Some(&point(n - 1)));
+        let values: Vec<_> = points.iter().map(|p| p.value).collect();
+        assert_eq!(
+            values,
+            (0..n).map(|i| Value::Int(i as i64)).collect::<Vec<_>>()
+        );
+
+        assert_eq!(points.clone().into_iter().count(), n);
+
+        let chunks = points.into_chunks();
+        let sizes: Vec<_> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [Points::CHUNK, Points::CHUNK, 7]);
+        // Each buffer was allocated once, at its final size.
+        assert!(chunks.iter().all(|c| c.capacity() == Points::CHUNK));
+    }
+
+    #[test]
+    fn no_points_have_no_buffer() {
+        let points = Points::new();
+        assert!(points.is_empty());
+        assert_eq!(points.last(), None);
+        assert!(points.into_chunks().is_empty());
+    }
 }

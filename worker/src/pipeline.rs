@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 
 use crate::exporter::ExporterHandle;
-use crate::metrics::Batch;
+use crate::metrics::{Batch, Points};
 use crate::processors::batcher;
 use crate::processors::statements::Statements;
 use crate::receivers::Scrape;
@@ -93,27 +93,28 @@ pub fn process(
         statements: set,
         read_at,
     } = scrape;
-    let batch = |points| Batch {
-        target: target.clone(),
-        resource: resource.clone(),
-        points,
-        read_at,
+    let hand_over = |points: Points| {
+        metrics.points_received.inc_by(points.len() as u64);
+        for chunk in points.into_chunks() {
+            let batch = Batch {
+                target: target.clone(),
+                resource: resource.clone(),
+                points: chunk,
+                read_at,
+            };
+            // A buffer is one batch unless `max_points` is below `Points::CHUNK`.
+            for part in batcher::split(batch, max_points) {
+                exporter.send(part);
+            }
+        }
     };
     // The points read as they are leave first, so ranking the statements holds none of
     // them back.
-    hand_over(batch(points), exporter, max_points, metrics);
+    hand_over(points);
     if let Some(set) = set {
-        let mut points = Vec::new();
+        let mut points = Points::new();
         statements.process(&target, &settings, set, &mut points);
-        hand_over(batch(points), exporter, max_points, metrics);
-    }
-}
-
-/// Cuts `batch` into parts of at most `max_points` and hands them to the exporter.
-fn hand_over(batch: Batch, exporter: &ExporterHandle, max_points: usize, metrics: &Metrics) {
-    metrics.points_received.inc_by(batch.points.len() as u64);
-    for part in batcher::split(batch, max_points) {
-        exporter.send(part);
+        hand_over(points);
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config;
-use crate::metrics::{self, Descriptor, PointSink, Resource, Value};
+use crate::metrics::{self, Descriptor, PointSink, Points, Resource, Value};
 use crate::processors::breaker::{Breakers, Decision};
 use crate::receivers::{Scrape, ScrapeError, TargetSpec};
 use crate::telemetry::{ErrorLabels, Metrics};
@@ -236,7 +236,7 @@ fn job_with_up(
     let mut scrape = scrape.unwrap_or_else(|| Scrape {
         target: spec.name.clone(),
         resource,
-        points: Vec::new(),
+        points: Points::new(),
         statements: None,
         read_at: std::time::Instant::now(),
     });
@@ -277,7 +277,7 @@ mod tests {
                 Ok(Scrape {
                     target: self.spec.name.clone(),
                     resource: Arc::new(crate::receivers::resource(&self.spec, "postgresql")),
-                    points: Vec::new(),
+                    points: Points::new(),
                     statements: None,
                     read_at: std::time::Instant::now(),
                 })

@@ -18,8 +18,9 @@
 //!    configuration (every statement and relation on its own series, no sampling, no
 //!    cap), uncompressed and with gzip, then in its default configuration, exporting to
 //!    a cheap OTLP sink in this process ([`sink`]).
-//! 4. Lowers the interval of the parity configuration with both targets until the worker
-//!    skips ticks or needs more than one core (the maximum rate).
+//! 4. Lowers the interval of the parity configuration with both servers, each monitored
+//!    through two targets (see `--rate-copies`), until the worker skips ticks or needs
+//!    more than one core (the maximum rate).
 //! 5. Runs the worker while a generator churns through distinct statements, sampling its
 //!    memory every 10 s ([`churn`]).
 //!
@@ -87,6 +88,12 @@ pub struct Args {
     /// ticks or needs more than one core (1 s is the worker's shortest).
     #[arg(long, value_delimiter = ',', default_value = "2s,1s", value_parser = humantime::parse_duration)]
     pub rate_steps: Vec<Duration>,
+    /// Targets per server in the maximum-rate run, 1 or 2: the second is the same server
+    /// reached as `localhost`, another endpoint to the worker, which so collects each
+    /// server twice (one server does not give the worker enough samples per second to
+    /// load it).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub rate_copies: u8,
     /// Length of each maximum-rate window.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub rate_window: Duration,
@@ -177,6 +184,7 @@ pub async fn run(args: Args, command: String) -> anyhow::Result<String> {
                 gzip,
                 interval: args.interval,
                 servers: vec![server],
+                copies: 1,
                 budget: budget_of(&budgets, server),
                 perf: args.perf,
             };
@@ -223,6 +231,7 @@ pub async fn run(args: Args, command: String) -> anyhow::Result<String> {
             gzip: true,
             interval: args.interval,
             servers: vec![Server::Postgres],
+            copies: 1,
             budget: budget_of(&budgets, Server::Postgres),
             perf: false,
         };
@@ -286,6 +295,7 @@ async fn max_rate(
             gzip: false,
             interval,
             servers: vec![Server::Postgres, Server::MariaDb],
+            copies: usize::from(args.rate_copies),
             // One process, two endpoints: each has its own budget.
             budget: budget_of(budgets, Server::Postgres),
             perf: args.perf,
@@ -294,6 +304,7 @@ async fn max_rate(
         tracing::info!(?interval, "maximum rate step");
         let runs = ours::run(binary, &setup, estate, watcher, sink, dir, intervals.max(1)).await?;
         let step = RateStep {
+            copies: setup.copies,
             interval_s: interval.as_secs_f64(),
             combined: combine(&runs),
         };

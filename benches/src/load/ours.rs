@@ -34,8 +34,11 @@ pub struct Setup {
     pub gzip: bool,
     /// Scrape interval.
     pub interval: Duration,
-    /// The servers monitored (one target each).
+    /// The servers monitored.
     pub servers: Vec<Server>,
+    /// Targets per server: 1, or 2 to offer the worker twice what a server gives (see
+    /// [`targets`]).
+    pub copies: usize,
     /// Connection budget per server (`connections.max_per_server`).
     pub budget: u32,
     /// Record a CPU profile of the worker over the measured window with `perf record`
@@ -51,6 +54,35 @@ pub fn target(server: Server) -> &'static str {
     }
 }
 
+/// Host names of a server's targets, one per copy. The worker tells endpoints apart by
+/// host string and port, so a copy at `localhost` is another server to it: it opens its
+/// own sessions and collects the server-wide families again, exactly as it would for a
+/// second server with the same contents.
+const HOSTS: [&str; 2] = ["127.0.0.1", "localhost"];
+
+/// Most copies of a target: one per host name.
+pub const MAX_COPIES: usize = HOSTS.len();
+
+/// The targets of `setup`: (server, target name, host), the first copy of a server named
+/// after it ([`target`]), a second one `<name>-2`.
+pub fn targets(setup: &Setup) -> Vec<(Server, String, &'static str)> {
+    let mut out = Vec::new();
+    for &server in &setup.servers {
+        for (copy, host) in HOSTS
+            .iter()
+            .take(setup.copies.clamp(1, MAX_COPIES))
+            .enumerate()
+        {
+            let name = match copy {
+                0 => target(server).to_owned(),
+                n => format!("{}-{}", target(server), n + 1),
+            };
+            out.push((server, name, *host));
+        }
+    }
+    out
+}
+
 /// The worker's config for `setup`.
 fn config(setup: &Setup, estate: &Estate, sink: &Sink, listen: u16, password: &Path) -> String {
     let mut yaml = String::from("version: 1\ndefaults:\n");
@@ -60,7 +92,7 @@ fn config(setup: &Setup, estate: &Estate, sink: &Sink, listen: u16, password: &P
         yaml += "  relation_limit: 4294967295\n  statements: { top_n: 0 }\n";
     }
     yaml += "targets:\n";
-    for server in &setup.servers {
+    for (server, name, host) in targets(setup) {
         let (engine, port, databases) = match server {
             Server::Postgres => (
                 "postgresql",
@@ -70,9 +102,8 @@ fn config(setup: &Setup, estate: &Estate, sink: &Sink, listen: u16, password: &P
             Server::MariaDb => ("mysql", estate.my.port(), ""),
         };
         yaml += &format!(
-            "  - name: {}\n    engine: {engine}\n    host: 127.0.0.1\n    port: {port}\n\
+            "  - name: {name}\n    engine: {engine}\n    host: {host}\n    port: {port}\n\
              {databases}    user: {WORKER_USER}\n    password: {{ file: {} }}\n",
-            target(*server),
             password.display()
         );
     }
@@ -95,7 +126,7 @@ pub struct Worker {
     child: Child,
     client: reqwest::Client,
     metrics_url: String,
-    servers: Vec<Server>,
+    targets: Vec<String>,
 }
 
 impl Worker {
@@ -139,7 +170,10 @@ impl Worker {
             child,
             client,
             metrics_url,
-            servers: setup.servers.clone(),
+            targets: targets(setup)
+                .into_iter()
+                .map(|(_, name, _)| name)
+                .collect(),
         })
     }
 
@@ -161,9 +195,9 @@ impl Worker {
     async fn fewest_scrapes(&self) -> anyhow::Result<f64> {
         let text = self.metrics().await?;
         Ok(self
-            .servers
+            .targets
             .iter()
-            .map(|s| scrapes(&text, *s))
+            .map(|t| scrapes(&text, t))
             .fold(f64::INFINITY, f64::min))
     }
 
@@ -205,6 +239,9 @@ impl Setup {
             name.push('-');
             name.push_str(target(*server));
         }
+        if self.copies > 1 {
+            name.push_str(&format!("-x{}", self.copies));
+        }
         name
     }
 }
@@ -228,16 +265,17 @@ fn perf_record(pid: u32, output: &Path, dir: &Path) -> anyhow::Result<Child> {
     Child::spawn("perf", Path::new("perf"), &args, &[], &dir.join("perf.log"))
 }
 
-fn label(server: Server) -> String {
-    format!("target=\"{}\"", target(server))
+fn label(target: &str) -> String {
+    format!("target=\"{target}\"")
 }
 
-fn scrapes(text: &str, server: Server) -> f64 {
-    prom::sum(text, "dbcollector_scrapes_total", &[&label(server)])
+fn scrapes(text: &str, target: &str) -> f64 {
+    prom::sum(text, "dbcollector_scrapes_total", &[&label(target)])
 }
 
 /// One run of the worker with `setup`: warm-up, then a window of `intervals` intervals.
-/// Returns one [`Measured`] per server (CPU and memory are the whole process').
+/// Returns one [`Measured`] per server, its copies' scrapes and samples summed (CPU and
+/// memory are the whole process'; scrape durations are the first copy's).
 ///
 /// # Errors
 /// When the worker fails to start or exits.
@@ -294,21 +332,27 @@ pub async fn run(
         }),
         _ => None,
     };
-    let delta = |name: &str, server: Server| {
-        prom::sum(&after, name, &[&label(server)]) - prom::sum(&before, name, &[&label(server)])
+    let all = targets(setup);
+    let copies = |server: Server| all.iter().filter(move |(s, _, _)| *s == server);
+    let delta = |name: &str, server: Server| -> f64 {
+        copies(server)
+            .map(|(_, t, _)| {
+                prom::sum(&after, name, &[&label(t)]) - prom::sum(&before, name, &[&label(t)])
+            })
+            .sum()
+    };
+    let received_sum = |counts: &std::collections::HashMap<String, u64>, server: Server| {
+        copies(server)
+            .map(|(_, t, _)| counts.get(t.as_str()).copied().unwrap_or(0) as f64)
+            .sum::<f64>()
     };
     let mut out = Vec::new();
     for &server in &setup.servers {
-        let durations = Histogram::parse(
-            &after,
-            "dbcollector_scrape_duration_seconds",
-            &[&label(server)],
-        )
-        .since(&Histogram::parse(
-            &before,
-            "dbcollector_scrape_duration_seconds",
-            &[&label(server)],
-        ));
+        let first = label(target(server));
+        let durations =
+            Histogram::parse(&after, "dbcollector_scrape_duration_seconds", &[&first]).since(
+                &Histogram::parse(&before, "dbcollector_scrape_duration_seconds", &[&first]),
+            );
         let opened_all = match server {
             Server::Postgres => opened_after.pg - opened_before.pg,
             Server::MariaDb => opened_after.my - opened_before.my,
@@ -317,8 +361,8 @@ pub async fn run(
             server,
             Measured {
                 tool: setup.label.clone(),
-                scrapes: received.scrapes.get(target(server)).copied().unwrap_or(0) as f64,
-                samples: received.points.get(target(server)).copied().unwrap_or(0) as f64,
+                scrapes: received_sum(&received.scrapes, server),
+                samples: received_sum(&received.points, server),
                 window_s: ended.elapsed.as_secs_f64(),
                 cpu_s: ended.cpu_s,
                 peak_rss: ended.peak_rss,

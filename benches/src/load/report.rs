@@ -22,6 +22,8 @@ pub mod targets {
 /// One step of the maximum-rate run.
 #[derive(Clone, Debug)]
 pub struct RateStep {
+    /// Targets per server (see `ours::targets`).
+    pub copies: usize,
     /// Scrape interval, seconds.
     pub interval_s: f64,
     /// Both targets' figures, summed where it makes sense (CPU and memory are the one
@@ -179,7 +181,12 @@ impl Results {
         }
         let _ = writeln!(
             out,
-            "## Maximum sustainable rate (parity, uncompressed, both targets in one worker)\n"
+            "## Maximum sustainable rate (parity, uncompressed, both servers in one worker, \
+             {} per server)\n",
+            match self.rate[0].copies {
+                1 => "one target".to_owned(),
+                n => format!("{n} targets (127.0.0.1 and localhost)"),
+            }
         );
         let _ = writeln!(
             out,

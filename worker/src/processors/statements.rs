@@ -29,7 +29,7 @@ use nohash_hasher::IntMap;
 use smallvec::SmallVec;
 
 use crate::config::{self, QueryText};
-use crate::metrics::{AttrValue, Attributes, Descriptor, Point, Value};
+use crate::metrics::{AttrValue, Attributes, Descriptor, Point, Points, Value};
 use crate::processors::obfuscate::obfuscate;
 use crate::processors::sampler::{key_hash, Candidate, Sampler};
 use crate::receivers::{StatementDescriptors, StatementRow, StatementSet};
@@ -41,9 +41,6 @@ const MAX_TARGETS: u64 = 65_536;
 
 /// Moka refuses expiry times over 1000 years; a config may say more.
 const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// Points of the aggregate of the statements left out (see `push_others`).
-const AGGREGATE_POINTS: usize = 4;
 
 /// The attribute carrying obfuscated query text (OpenTelemetry semantic conventions).
 const QUERY_TEXT: &str = "db.query.text";
@@ -233,7 +230,7 @@ impl Statements {
         target: &Arc<str>,
         settings: &config::Statements,
         set: StatementSet,
-        out: &mut Vec<Point>,
+        out: &mut Points,
     ) {
         let slot = self.targets.get_with_by_ref(target, || {
             Arc::new(Mutex::new(TargetState::new(self.budget.clone())))
@@ -269,18 +266,6 @@ impl Statements {
         let desc = set.descriptors;
         let (start, time) = (set.start_unix_nanos, set.time_unix_nanos);
         let mut rows = set.rows;
-
-        // Everything this scrape appends, reserved at once: grown by doubling, `out` would
-        // hold room for up to twice the scrape's points, and move them at each step.
-        let kept: usize = candidates
-            .iter()
-            .zip(&keep)
-            .filter(|(_, &kept)| kept)
-            .filter_map(|(c, _)| rows.get(c.index))
-            .map(|row| points_of(desc, row) as usize)
-            .sum();
-        // The kept statements, the aggregate and the sample rate.
-        out.reserve_exact(kept + AGGREGATE_POINTS + 1);
 
         let mut others = Others::default();
         rest.iter().for_each(|c| others.add(c));
@@ -391,7 +376,7 @@ fn push_statement(
     text: Option<Arc<str>>,
     start: u64,
     time: u64,
-    out: &mut Vec<Point>,
+    out: &mut Points,
 ) {
     let mut values: SmallVec<[(&'static Descriptor, Value); 12]> = SmallVec::new();
     values.push((desc.calls, Value::Int(row.calls)));
@@ -431,7 +416,7 @@ fn push_others(
     others: &Others,
     previous: u64,
     time: u64,
-    out: &mut Vec<Point>,
+    out: &mut Points,
 ) {
     let delta = |desc: &'static Descriptor, value: Value| Point {
         desc,
@@ -530,9 +515,9 @@ mod tests {
             time_unix_nanos: time,
             start_unix_nanos: START,
         };
-        let mut out = Vec::new();
+        let mut out = Points::new();
         s.process(&Arc::from("db"), settings, set, &mut out);
-        out
+        out.into_iter().collect()
     }
 
     /// The query ids exported one by one.
@@ -576,22 +561,6 @@ mod tests {
         );
 
         assert_eq!(exported(&out), BTreeSet::from(["small".to_owned()]));
-    }
-
-    #[test]
-    fn a_scrape_reserves_its_points_once_without_slack() {
-        let (s, _) = statements(no_sampling());
-        let rows = |calls| {
-            (0..50)
-                .map(|i| row(&format!("q{i}"), calls, 1.0, 1, 0))
-                .collect()
-        };
-        scrape(&s, &top(10), rows(1), 1);
-
-        // Ten kept statements of four points, the aggregate and the sample rate.
-        let out = scrape(&s, &top(10), rows(2), 2);
-        assert_eq!(out.len(), 10 * 4 + AGGREGATE_POINTS + 1);
-        assert_eq!(out.capacity(), out.len());
     }
 
     #[test]
@@ -776,9 +745,9 @@ mod tests {
                 time_unix_nanos: time,
                 start_unix_nanos: START,
             };
-            let mut out = Vec::new();
+            let mut out = Points::new();
             s.process(&Arc::from(target), &top(1), set, &mut out);
-            out
+            out.into_iter().collect::<Vec<_>>()
         };
         // Each statement has run once per scrape so far: its change is 1 call when its
         // previous counters were remembered, its cumulative count when not. The slowest

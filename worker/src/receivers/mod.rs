@@ -10,7 +10,7 @@ pub mod postgres;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::metrics::{Attributes, Descriptor, Point, Resource, Value};
+use crate::metrics::{Attributes, Descriptor, Points, Resource, Value};
 
 /// The result of one scrape of one target.
 #[derive(Debug)]
@@ -20,7 +20,7 @@ pub struct Scrape {
     /// The monitored instance (OTLP resource).
     pub resource: Arc<Resource>,
     /// Points ready for export.
-    pub points: Vec<Point>,
+    pub points: Points,
     /// Statement statistics, when the target collects them this scrape.
     pub statements: Option<StatementSet>,
     /// When the scrape had read all its rows: the pipeline latency starts here, so it

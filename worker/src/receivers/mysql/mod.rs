@@ -24,7 +24,7 @@ use sqlx::{Executor, MySql};
 use self::probe::{Capabilities, Flavor, Reporter};
 use super::{ErrorKind, Scrape, ScrapeError, StatementSet, TargetSpec};
 use crate::config::{QueryText, TlsMode};
-use crate::metrics::{unix_nanos_now, PointSink, Resource};
+use crate::metrics::{unix_nanos_now, PointSink, Points, Resource};
 use crate::pool::{self, ConnectHook, DbPool, Endpoints, Lease, Sources};
 use crate::telemetry::Metrics;
 
@@ -253,7 +253,7 @@ fn connect_options(spec: &TargetSpec) -> MySqlConnectOptions {
 /// What one pass over the families produced.
 #[derive(Debug, Default)]
 struct Collected {
-    points: Vec<crate::metrics::Point>,
+    points: Points,
     statements: Option<StatementSet>,
     attempted: u32,
     succeeded: u32,
@@ -501,7 +501,7 @@ impl Collector {
             self.server_start = Some(mapping::server_start(now, uptime, self.server_start));
         }
         let start = self.server_start.unwrap_or(now);
-        let mut points = Vec::new();
+        let mut points = Points::new();
         let mut sink = PointSink::new(&mut points, now, start);
 
         if spec.carrier {

@@ -34,7 +34,7 @@ use sqlx::ConnectOptions as _;
 use self::probe::{Checkpoints, Probe, Statements};
 use self::queries::{Context, Session};
 use crate::config::{QueryText, TlsMode};
-use crate::metrics::{unix_nanos_now, Point, PointSink, Resource};
+use crate::metrics::{unix_nanos_now, PointSink, Points, Resource};
 use crate::pool::{self, DbPool, Endpoint, Endpoints, Sources};
 use crate::receivers::{
     discover_keeps, resource, Databases, ErrorKind, Scrape, ScrapeError, StatementSet, TargetSpec,
@@ -244,7 +244,7 @@ impl Collector {
     pub async fn scrape(&mut self) -> Result<Scrape, ScrapeError> {
         let now = unix_nanos_now();
         self.scrapes += 1;
-        let mut points = Vec::new();
+        let mut points = Points::new();
         let mut statements = None;
 
         if let Err(e) = self
@@ -323,7 +323,7 @@ impl Collector {
         &mut self,
         i: usize,
         now: u64,
-        points: &mut Vec<Point>,
+        points: &mut Points,
         statements: &mut Option<StatementSet>,
     ) -> Result<(), Error> {
         let database = self.databases[i].name.clone();
@@ -351,7 +351,7 @@ impl Collector {
         i: usize,
         s: &mut Session,
         now: u64,
-        points: &mut Vec<Point>,
+        points: &mut Points,
         statements: &mut Option<StatementSet>,
     ) -> Result<(), QueryError> {
         let database = self.databases[i].name.clone();
@@ -487,7 +487,7 @@ impl Collector {
         probe: &Probe,
         server_started: u64,
         now: u64,
-        points: &mut Vec<Point>,
+        points: &mut Points,
     ) {
         let mut sink = PointSink::new(points, now, server_started);
         macro_rules! family {
@@ -533,7 +533,7 @@ impl Collector {
         db: &Arc<str>,
         start: u64,
         now: u64,
-        points: &mut Vec<Point>,
+        points: &mut Points,
     ) {
         let limit = self.spec.relation_limit;
         let mut sink = PointSink::new(points, now, start);

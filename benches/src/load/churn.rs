@@ -1,8 +1,10 @@
 //! The memory run: the worker (default configuration) on PostgreSQL while a generator
 //! issues statements whose normalized forms all differ, so the server keeps evicting
 //! pg_stat_statements entries and every scrape brings thousands of statement keys the
-//! worker has not seen. Its resident memory is sampled every 10 s; from minute 2 on it
-//! should stay flat.
+//! worker has not seen. Its resident memory is read every 250 ms and the highest value of
+//! each 10 s is kept: every scrape raises memory for a moment, so single readings 10 s apart
+//! would land at random points of that cycle, whereas the peaks show whether what the
+//! worker needs grows. From minute 2 on they should stay flat.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +17,11 @@ use super::ours::{Setup, Worker};
 use super::prom;
 use super::sink::Sink;
 
-/// How often resident memory is sampled.
+/// The length of a window whose highest resident memory is kept.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// How often resident memory is read within a window.
+const POLL_EVERY: Duration = Duration::from_millis(250);
 
 /// From when on memory should be flat.
 pub const SETTLED_AFTER: Duration = Duration::from_secs(120);
@@ -27,7 +32,8 @@ pub const FLAT_WITHIN: f64 = 0.05;
 /// What the memory run saw.
 #[derive(Clone, Debug, Default)]
 pub struct Churn {
-    /// `(seconds since start, resident bytes)` every [`SAMPLE_EVERY`].
+    /// `(seconds since start, the highest resident bytes in the [`SAMPLE_EVERY`] before)`;
+    /// the first entry is the reading at the start.
     pub rss: Vec<(f64, u64)>,
     /// Distinct statements the generator issued.
     pub issued: u64,
@@ -95,19 +101,24 @@ async fn measure(
     sink.take();
     let started = Instant::now();
     let mut churn = Churn::default();
-    let mut next = started;
-    while next <= started + duration {
-        tokio::time::sleep(next.saturating_duration_since(Instant::now())).await;
+    churn.rss.push((0.0, worker.child().usage()?.rss));
+    let mut window_end = started + SAMPLE_EVERY;
+    let mut peak = 0;
+    while window_end <= started + duration {
+        tokio::time::sleep(POLL_EVERY).await;
         worker.child().check_running()?;
-        let usage = worker.child().usage()?;
-        let t = started.elapsed().as_secs_f64();
-        churn.rss.push((t, usage.rss));
-        tracing::info!(
-            t_s = t.round(),
-            rss_mb = usage.rss as f64 / 1e6,
-            "churn: worker memory"
-        );
-        next += SAMPLE_EVERY;
+        peak = peak.max(worker.child().usage()?.rss);
+        if Instant::now() >= window_end {
+            let t = (window_end - started).as_secs_f64();
+            churn.rss.push((t, peak));
+            tracing::info!(
+                t_s = t,
+                peak_rss_mb = peak as f64 / 1e6,
+                "churn: worker memory"
+            );
+            window_end += SAMPLE_EVERY;
+            peak = 0;
+        }
     }
     churn.duration_s = started.elapsed().as_secs_f64();
     churn.keys_at_end = prom::sum(&worker.metrics().await?, "dbcollector_sampler_keys", &[]);

@@ -231,7 +231,10 @@ impl Results {
             churn.points,
             churn.keys_at_end
         );
-        let _ = writeln!(out, "| t | RSS |\n|---|---|");
+        let _ = writeln!(
+            out,
+            "| t | RSS, highest in the 10 s before (read every 250 ms) |\n|---|---|"
+        );
         for (t, rss) in &churn.rss {
             let _ = writeln!(out, "| {t:.0} s | {:.1} MB |", *rss as f64 / 1e6);
         }
@@ -239,7 +242,8 @@ impl Results {
             Some(d) => {
                 let _ = writeln!(
                     out,
-                    "\nFrom {} s on, RSS stays within {:.1} % of its value then.\n",
+                    "\nFrom {} s on, each 10 s peak stays within {:.1} % of the one ending \
+                     then.\n",
                     SETTLED_AFTER.as_secs(),
                     d * 100.0
                 );

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The load bench (benches/src/load): the release worker against throwaway PostgreSQL and
 # MariaDB servers with a large estate, side by side with Debian's Prometheus exporters.
-# About 13 minutes with the defaults; the report is printed and written to
+# About 10 minutes with the defaults; the report is printed and written to
 # target/load-bench/results.md. Options go to the bench, e.g. a long memory run:
 #   scripts/load-bench.sh --phases churn --churn 30m
 # (`--help` lists them all). Run as root on Debian, like scripts/setup.sh.

@@ -2,7 +2,7 @@
 //! with Debian's prometheus-postgres-exporter and prometheus-mysqld-exporter, on the
 //! same servers in the same run, one tool after the other.
 //!
-//! Run it with `scripts/load-bench.sh` (about 13 minutes with the defaults; it installs
+//! Run it with `scripts/load-bench.sh` (about 10 minutes with the defaults; it installs
 //! the exporters if missing and builds the release binaries). It prints a markdown
 //! report and writes it to `target/load-bench/results.md`; the servers' and tools' logs
 //! and configs stay in `target/load-bench/`.
@@ -296,7 +296,7 @@ async fn max_rate(
             interval,
             servers: vec![Server::Postgres, Server::MariaDb],
             copies: usize::from(args.rate_copies),
-            // One process, two endpoints: each has its own budget.
+            // One process, an endpoint per server and copy: each has its own budget.
             budget: budget_of(budgets, Server::Postgres),
             perf: args.perf,
         };

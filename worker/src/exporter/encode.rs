@@ -32,33 +32,40 @@ pub const SCOPE_NAME: &str = "dbcollector";
 /// receiver never sees the same metric twice in a scope. Values, start times and attributes
 /// are copied as read: nothing is aggregated.
 pub fn encode(batches: &[Batch]) -> ExportMetricsServiceRequest {
-    let mut resources: Vec<ResourceBuilder<'_>> = Vec::new();
-    for batch in batches.iter().filter(|b| !b.points.is_empty()) {
-        // Few resources per request: a linear scan beats hashing the attributes.
-        let index = resources
-            .iter()
-            .position(|r| Arc::ptr_eq(r.resource, &batch.resource) || *r.resource == batch.resource)
-            .unwrap_or_else(|| {
-                resources.push(ResourceBuilder::new(&batch.resource));
-                resources.len() - 1
-            });
-        let builder = &mut resources[index];
-        for point in &batch.points {
-            builder.push(point);
-        }
-    }
-    ExportMetricsServiceRequest {
-        resource_metrics: resources.into_iter().map(ResourceBuilder::finish).collect(),
-    }
+    let resource_metrics = group(batches)
+        .0
+        .into_iter()
+        .map(|group| ResourceMetrics {
+            resource: Some(ProtoResource {
+                attributes: key_values(&group.resource.attrs),
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(InstrumentationScope {
+                    name: SCOPE_NAME.to_owned(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    ..Default::default()
+                }),
+                metrics: group
+                    .metrics
+                    .iter()
+                    .map(|(desc, points)| metric_message(desc, points))
+                    .collect(),
+                schema_url: String::new(),
+            }],
+            schema_url: String::new(),
+        })
+        .collect();
+    ExportMetricsServiceRequest { resource_metrics }
 }
 
-/// Encodes `batches` as the protobuf bytes of one `ExportMetricsServiceRequest`: the same
-/// request as [`encode`], grouped the same way, and the same bytes prost writes for it
-/// (fields in tag order, proto3 defaults left out).
-pub fn encode_bytes(batches: &[Batch]) -> Vec<u8> {
+/// The points of `batches` by resource (in order of first appearance) and, within each,
+/// by descriptor, with how many points there are in all.
+fn group(batches: &[Batch]) -> (Vec<Group<'_>>, usize) {
     let mut resources: Vec<Group<'_>> = Vec::new();
     let mut points = 0;
     for batch in batches.iter().filter(|b| !b.points.is_empty()) {
+        // Few resources per request: a linear scan beats hashing the attributes.
         let index = resources
             .iter()
             .position(|r| Arc::ptr_eq(r.resource, &batch.resource) || *r.resource == batch.resource)
@@ -72,7 +79,14 @@ pub fn encode_bytes(batches: &[Batch]) -> Vec<u8> {
         }
         points += batch.points.len();
     }
+    (resources, points)
+}
 
+/// Encodes `batches` as the protobuf bytes of one `ExportMetricsServiceRequest`: the same
+/// request as [`encode`], grouped the same way, and the same bytes prost writes for it
+/// (fields in tag order, proto3 defaults left out).
+pub fn encode_bytes(batches: &[Batch]) -> Vec<u8> {
+    let (resources, points) = group(batches);
     let mut out = Proto(Vec::with_capacity(points * BYTES_PER_POINT));
     for group in &resources {
         // ExportMetricsServiceRequest.resource_metrics
@@ -259,80 +273,18 @@ impl Proto {
     }
 }
 
-/// The metrics of one resource while they are being collected.
-struct ResourceBuilder<'a> {
-    resource: &'a Arc<Resource>,
-    metrics: Vec<Metric>,
-    /// Index into `metrics` by descriptor address: descriptors are statics, so the address
-    /// is their identity.
-    by_desc: HashMap<*const Descriptor, usize>,
-    /// The descriptor of the previous point: receivers emit a metric's points together, so
-    /// this skips the map for most points.
-    last: Option<(*const Descriptor, usize)>,
-}
-
-impl<'a> ResourceBuilder<'a> {
-    fn new(resource: &'a Arc<Resource>) -> Self {
-        Self {
-            resource,
-            metrics: Vec::new(),
-            by_desc: HashMap::new(),
-            last: None,
-        }
-    }
-
-    fn push(&mut self, point: &Point) {
-        let key: *const Descriptor = point.desc;
-        let index = match self.last {
-            Some((last, index)) if last == key => index,
-            _ => {
-                let index = *self.by_desc.entry(key).or_insert_with(|| {
-                    self.metrics.push(empty_metric(point.desc));
-                    self.metrics.len() - 1
-                });
-                self.last = Some((key, index));
-                index
-            }
-        };
-        let data_point = data_point(point);
-        match &mut self.metrics[index].data {
-            Some(metric::Data::Gauge(g)) => g.data_points.push(data_point),
-            Some(metric::Data::Sum(s)) => s.data_points.push(data_point),
-            // `empty_metric` only builds gauges and sums.
-            _ => {}
-        }
-    }
-
-    fn finish(self) -> ResourceMetrics {
-        ResourceMetrics {
-            resource: Some(ProtoResource {
-                attributes: key_values(&self.resource.attrs),
-                ..Default::default()
-            }),
-            scope_metrics: vec![ScopeMetrics {
-                scope: Some(InstrumentationScope {
-                    name: SCOPE_NAME.to_owned(),
-                    version: env!("CARGO_PKG_VERSION").to_owned(),
-                    ..Default::default()
-                }),
-                metrics: self.metrics,
-                schema_url: String::new(),
-            }],
-            schema_url: String::new(),
-        }
-    }
-}
-
-fn empty_metric(desc: &Descriptor) -> Metric {
+/// A descriptor's points as an `opentelemetry-proto` metric.
+fn metric_message(desc: &Descriptor, points: &[&Point]) -> Metric {
+    let data_points = points.iter().map(|p| data_point(p)).collect();
     let data = match desc.kind {
-        Kind::Gauge => metric::Data::Gauge(Gauge {
-            data_points: Vec::new(),
-        }),
-        Kind::CumulativeSum { monotonic } => {
-            metric::Data::Sum(sum(AggregationTemporality::Cumulative, monotonic))
-        }
+        Kind::Gauge => metric::Data::Gauge(Gauge { data_points }),
+        Kind::CumulativeSum { monotonic } => metric::Data::Sum(sum(
+            data_points,
+            AggregationTemporality::Cumulative,
+            monotonic,
+        )),
         Kind::DeltaSum { monotonic } => {
-            metric::Data::Sum(sum(AggregationTemporality::Delta, monotonic))
+            metric::Data::Sum(sum(data_points, AggregationTemporality::Delta, monotonic))
         }
     };
     Metric {
@@ -344,9 +296,13 @@ fn empty_metric(desc: &Descriptor) -> Metric {
     }
 }
 
-fn sum(temporality: AggregationTemporality, is_monotonic: bool) -> Sum {
+fn sum(
+    data_points: Vec<NumberDataPoint>,
+    temporality: AggregationTemporality,
+    is_monotonic: bool,
+) -> Sum {
     Sum {
-        data_points: Vec::new(),
+        data_points,
         aggregation_temporality: temporality as i32,
         is_monotonic,
     }

@@ -509,6 +509,16 @@ mod tests {
         rows: Vec<StatementRow>,
         time: u64,
     ) -> Vec<Point> {
+        scrape_of(s, "db", settings, rows, time)
+    }
+
+    fn scrape_of(
+        s: &Statements,
+        target: &str,
+        settings: &config::Statements,
+        rows: Vec<StatementRow>,
+        time: u64,
+    ) -> Vec<Point> {
         let set = StatementSet {
             descriptors: &DESCS,
             rows,
@@ -516,7 +526,7 @@ mod tests {
             start_unix_nanos: START,
         };
         let mut out = Points::new();
-        s.process(&Arc::from("db"), settings, set, &mut out);
+        s.process(&Arc::from(target), settings, set, &mut out);
         out.into_iter().collect()
     }
 
@@ -738,17 +748,7 @@ mod tests {
             ..no_sampling()
         };
         let (s, metrics) = statements(sampler);
-        let run = |target: &str, rows: Vec<StatementRow>, time: u64| {
-            let set = StatementSet {
-                descriptors: &DESCS,
-                rows,
-                time_unix_nanos: time,
-                start_unix_nanos: START,
-            };
-            let mut out = Points::new();
-            s.process(&Arc::from(target), &top(1), set, &mut out);
-            out.into_iter().collect::<Vec<_>>()
-        };
+        let run = |target: &str, rows, time| scrape_of(&s, target, &top(1), rows, time);
         // Each statement has run once per scrape so far: its change is 1 call when its
         // previous counters were remembered, its cumulative count when not. The slowest
         // (the last row) is the top 1; the others go to the aggregate.

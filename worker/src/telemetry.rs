@@ -129,6 +129,9 @@ pub struct Metrics {
     pub export_requests: Family<ResultLabel, Counter>,
     /// Statement keys remembered by the sampler.
     pub sampler_keys: Gauge,
+    /// Statements read but not remembered for want of room in `sampler.max_keys`: their
+    /// next change reads as their whole cumulative value.
+    pub sampler_keys_over_budget: Counter,
     /// Time from a scrape's rows having been read to each of its batches being handed to
     /// the export queue (processing and batching included, export not), seconds.
     pub pipeline_latency: Histogram,
@@ -186,6 +189,7 @@ impl Metrics {
             queue_points: Gauge::default(),
             export_requests: Family::default(),
             sampler_keys: Gauge::default(),
+            sampler_keys_over_budget: Counter::default(),
             pipeline_latency: Histogram::new(PIPELINE_LATENCY_BUCKETS),
             config_reloads: Family::default(),
             config_last_reload_ok: Gauge::default(),
@@ -275,6 +279,11 @@ impl Metrics {
             "sampler_keys",
             "Statement keys the sampler remembers",
             m.sampler_keys.clone(),
+        );
+        r.register(
+            "sampler_keys_over_budget",
+            "Statements not remembered for want of room in sampler.max_keys",
+            m.sampler_keys_over_budget.clone(),
         );
         r.register(
             "pipeline_latency_seconds",

@@ -337,6 +337,10 @@ impl Statements {
             .collect();
         // Keys repeated within the scrape took room once.
         self.budget.release(room - counters.len());
+        let over = rows.len() - room;
+        if over > 0 {
+            self.metrics.sampler_keys_over_budget.inc_by(over as u64);
+        }
         state.counters = counters;
         candidates
     }
@@ -771,6 +775,7 @@ mod tests {
         run("b", rows(1), 1);
         assert_eq!(s.budget.held(), 1000);
         assert_eq!(metrics.sampler_keys.get(), 1000);
+        assert_eq!(metrics.sampler_keys_over_budget.get(), 200);
 
         // `a` remembered all 600; `b` its first 400, so 199 of its others count whole.
         let a = run("a", rows(2), 2);

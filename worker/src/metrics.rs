@@ -209,12 +209,26 @@ impl Points {
         Self::default()
     }
 
+    /// Room in the first buffer: it doubles up to [`Points::CHUNK`], so a small scrape (a
+    /// lone `up` point) holds little; later buffers are whole from the start.
+    const FIRST: usize = 16;
+
     /// Appends a point.
     pub fn push(&mut self, point: Point) {
         match self.chunks.last_mut() {
-            Some(chunk) if chunk.len() < Self::CHUNK => chunk.push(point),
+            Some(chunk) if chunk.len() < Self::CHUNK => {
+                if chunk.len() == chunk.capacity() {
+                    let grown = (chunk.capacity() * 2).clamp(Self::FIRST, Self::CHUNK);
+                    chunk.reserve_exact(grown - chunk.len());
+                }
+                chunk.push(point);
+            }
             _ => {
-                let mut chunk = Vec::with_capacity(Self::CHUNK);
+                let room = match self.chunks.is_empty() {
+                    true => Self::FIRST,
+                    false => Self::CHUNK,
+                };
+                let mut chunk = Vec::with_capacity(room);
                 chunk.push(point);
                 self.chunks.push(chunk);
             }
@@ -242,8 +256,15 @@ impl Points {
         self.chunks.last().and_then(|c| c.last())
     }
 
-    /// The buffers, in order, none empty.
-    pub fn into_chunks(self) -> Vec<Vec<Point>> {
+    /// The buffers, in order, none empty. The last one, when mostly empty, gives its
+    /// spare room back (the allocator shrinks it in place): a batch in the export queue
+    /// holds about the memory of its points, whatever its size.
+    pub fn into_chunks(mut self) -> Vec<Vec<Point>> {
+        if let Some(last) = self.chunks.last_mut() {
+            if last.capacity() > 2 * last.len() {
+                last.shrink_to_fit();
+            }
+        }
         self.chunks
     }
 }
@@ -442,8 +463,19 @@ mod tests {
         let chunks = points.into_chunks();
         let sizes: Vec<_> = chunks.iter().map(Vec::len).collect();
         assert_eq!(sizes, [Points::CHUNK, Points::CHUNK, 7]);
-        // Each buffer was allocated once, at its final size.
-        assert!(chunks.iter().all(|c| c.capacity() == Points::CHUNK));
+        // Full buffers hold exactly their points; the last one gave its spare room back.
+        let capacities: Vec<_> = chunks.iter().map(Vec::capacity).collect();
+        assert_eq!(capacities, [Points::CHUNK, Points::CHUNK, 7]);
+    }
+
+    #[test]
+    fn a_small_scrape_holds_a_small_buffer() {
+        let one: Points = (0..1).map(point).collect();
+        assert!(one.into_chunks()[0].capacity() <= Points::FIRST);
+        let some: Points = (0..40).map(point).collect();
+        let chunks = some.into_chunks();
+        assert_eq!(chunks.len(), 1);
+        assert!(chunks[0].capacity() < 80, "{}", chunks[0].capacity());
     }
 
     #[test]

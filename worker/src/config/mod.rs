@@ -499,7 +499,8 @@ pub struct Sampler {
     /// Most statement keys remembered (their previous counters), all targets together.
     /// Default `100000`.
     pub max_keys: u64,
-    /// A target not scraped for this long is forgotten with its statements. Default `1h`.
+    /// A statement not returned for this long is forgotten, and a target not scraped for
+    /// this long with its statements. Default `1h`.
     #[serde(with = "humantime_serde")]
     pub key_ttl: Duration,
 }
@@ -548,8 +549,8 @@ impl Default for Breaker {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
-    /// Most points in one export request; a scrape is split above it and flushed at its
-    /// end. Default `1000`.
+    /// Most points in one batch handed to the exporter, which joins batches into requests
+    /// of up to 4096 points. Default `1000`.
     pub max_points: u32,
 }
 

@@ -160,7 +160,8 @@ struct Proto(Vec<u8>);
 impl Proto {
     /// Writes field `tag` as a nested message whose body `body` writes. `reserve` bytes are
     /// set aside for the length before the body is written; when the length needs another
-    /// count of bytes, the body is moved once. Guessing right per level keeps moves rare.
+    /// count of bytes, the body is moved once. Each level reserves what its large bodies
+    /// need, so the bodies that move are the small ones (a metric of a few points).
     fn message(&mut self, tag: u32, reserve: usize, body: impl FnOnce(&mut Self)) {
         encode_key(tag, WireType::LengthDelimited, &mut self.0);
         let at = self.0.len();

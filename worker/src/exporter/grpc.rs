@@ -84,7 +84,9 @@ impl Transport for Client {
         call.extensions_mut()
             .insert(GrpcMethod::new(SERVICE, METHOD));
 
-        // A clone shares the channel; the call needs `&mut` only for readiness.
+        // A clone shares the channel; the call needs `&mut` only for readiness. A channel
+        // that is not ready failed locally: the error is kept as the status' source, so
+        // `effective_code` retries it as UNAVAILABLE.
         let mut client = self.client.clone();
         let result = match client.ready().await {
             Ok(()) => {

@@ -7,13 +7,19 @@
 //! statement is folded into one aggregate per target, sent as delta sums over the
 //! interval since the previous scrape, so totals stay right however the top N changes.
 //!
-//! What is remembered is bounded: each target keeps the counters of the statements of its
-//! latest scrape, by key hash, in a map replaced at every scrape (a statement missing from
-//! a scrape was evicted or reset by the server, so its counters start again anyway). All
-//! targets together remember at most `sampler.max_keys` statements; past that budget the
-//! rest of a scrape's statements are not remembered and count as new at their next scrape
-//! (their cumulative value is their change), which can only overstate one interval. A
-//! target not scraped for `sampler.key_ttl` is forgotten with its statements.
+//! What is remembered is bounded: each target keeps, by key hash, the counters of its
+//! statements as last read, in a map rebuilt at every scrape: first the statements of this
+//! scrape, then, while there is room, those read within `sampler.key_ttl` that this scrape
+//! did not return (a receiver reads at most 10,000 statements, so those near that cut come
+//! and go), at most as many of those as this scrape returned. All targets together
+//! remember at most `sampler.max_keys` statements (briefly more while a scrape's new map is
+//! built beside its old one). Past that budget, a scrape's remaining statements are not
+//! remembered and counted in `dbcollector_sampler_keys_over_budget_total`; at the target's
+//! next scrape a statement without a baseline cannot be told from one of those, so its
+//! change counts as zero rather than as its whole cumulative value (an understatement
+//! while the budget is short, never a spike). Otherwise a statement without a baseline is
+//! new since the previous scrape and its cumulative value is its change. A target not
+//! scraped for `sampler.key_ttl` is forgotten with its statements.
 //!
 //! Looking a statement up is one probe of the target's own map, with the key's hash as
 //! the map's hash: about a tenth of what a concurrent cache costs per key, which matters
@@ -55,6 +61,14 @@ struct Counters {
 }
 
 impl Counters {
+    /// No change.
+    const NONE: Counters = Counters {
+        calls: 0,
+        time: 0.0,
+        rows: 0,
+        errors: 0,
+    };
+
     fn of(row: &StatementRow) -> Self {
         let time = if row.total_time_s.is_finite() {
             row.total_time_s
@@ -88,6 +102,14 @@ impl Counters {
     }
 }
 
+/// A statement's counters as last read, and when.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    counters: Counters,
+    /// Read time of the scrape that returned it, Unix nanoseconds.
+    at: u64,
+}
+
 /// What is remembered of a target between scrapes.
 #[derive(Debug)]
 struct TargetState {
@@ -95,9 +117,11 @@ struct TargetState {
     previous: Option<u64>,
     /// The sampler's rate at the previous scrape.
     rate: Option<f64>,
-    /// The counters of the previous scrape's statements, by [`key_hash`]. A collision
-    /// within one target needs ~2^32 keys.
-    counters: IntMap<u64, Counters>,
+    /// The statements remembered, by [`key_hash`]. A collision within one target needs
+    /// ~2^32 keys.
+    counters: IntMap<u64, Seen>,
+    /// The previous scrape had statements it could not remember for want of budget.
+    incomplete: bool,
     /// The worker-wide count of remembered keys this map's entries are part of.
     budget: Arc<KeyBudget>,
 }
@@ -108,6 +132,7 @@ impl TargetState {
             previous: None,
             rate: None,
             counters: IntMap::default(),
+            incomplete: false,
             budget,
         }
     }
@@ -162,6 +187,8 @@ pub struct Statements {
     /// Per target; the lock also keeps two scrapes of one target from interleaving.
     targets: Cache<Arc<str>, Arc<Mutex<TargetState>>>,
     budget: Arc<KeyBudget>,
+    /// `sampler.key_ttl` in nanoseconds.
+    ttl_nanos: u64,
     sampler: Sampler,
     metrics: Arc<Metrics>,
 }
@@ -216,6 +243,7 @@ impl Statements {
                 held: AtomicU64::new(0),
                 max: sampler.max_keys,
             }),
+            ttl_nanos: u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX),
             sampler: Sampler::new(sampler),
             metrics,
         }
@@ -248,7 +276,7 @@ impl Statements {
 
         // Changes since the previous scrape, slowest first; the top N are the candidates,
         // the rest go to the aggregate.
-        let mut ranked = self.changes(&mut state, &set.rows);
+        let mut ranked = self.changes(&mut state, &set.rows, set.time_unix_nanos);
         let top = match settings.top_n {
             0 => ranked.len(),
             n => (n as usize).min(ranked.len()),
@@ -308,22 +336,34 @@ impl Statements {
     }
 
     /// Each row's change since the previous scrape, remembering the new counters in place
-    /// of the previous ones, as many as the worker's key budget allows. A statement not
-    /// remembered (the target's first scrape, or past the budget) changed by its
-    /// cumulative value.
-    fn changes(&self, state: &mut TargetState, rows: &[StatementRow]) -> Vec<Candidate> {
-        let previous = std::mem::take(&mut state.counters);
-        let room = self.budget.exchange(previous.len(), rows.len());
-        let mut counters = IntMap::with_capacity_and_hasher(room, Default::default());
+    /// of the previous ones as the worker's key budget allows (see the module docs).
+    fn changes(&self, state: &mut TargetState, rows: &[StatementRow], time: u64) -> Vec<Candidate> {
+        let mut previous = std::mem::take(&mut state.counters);
+        let mut reserved = self.budget.exchange(previous.len(), rows.len());
+        let mut counters = IntMap::with_capacity_and_hasher(reserved, Default::default());
+        let baseline_unknown = state.previous.is_some() && state.incomplete;
+        let mut over = 0;
         let candidates = rows
             .iter()
             .enumerate()
             .map(|(index, row)| {
                 let hash = key_hash(&row.key);
                 let now = Counters::of(row);
-                let change = previous.get(&hash).map_or(now, |prev| now.since(*prev));
-                if counters.len() < room {
-                    counters.insert(hash, now);
+                let change = match previous.remove(&hash) {
+                    Some(seen) => now.since(seen.counters),
+                    None if baseline_unknown => Counters::NONE,
+                    None => now,
+                };
+                if counters.len() < reserved {
+                    counters.insert(
+                        hash,
+                        Seen {
+                            counters: now,
+                            at: time,
+                        },
+                    );
+                } else {
+                    over += 1;
                 }
                 Candidate {
                     index,
@@ -335,12 +375,31 @@ impl Statements {
                 }
             })
             .collect();
-        // Keys repeated within the scrape took room once.
-        self.budget.release(room - counters.len());
-        let over = rows.len() - room;
-        if over > 0 {
-            self.metrics.sampler_keys_over_budget.inc_by(over as u64);
+
+        // Statements read before but not now, while they are recent and there is room.
+        let recent = |seen: &Seen| time.saturating_sub(seen.at) <= self.ttl_nanos;
+        let carried = previous
+            .values()
+            .filter(|s| recent(s))
+            .count()
+            .min(rows.len());
+        if carried > 0 && over == 0 {
+            let room = counters.len() + self.budget.exchange(0, carried);
+            reserved += room - counters.len();
+            for (hash, seen) in previous.into_iter().filter(|(_, s)| recent(s)) {
+                if counters.len() >= room {
+                    break;
+                }
+                counters.entry(hash).or_insert(seen);
+            }
         }
+
+        // Keys repeated within the scrape, and room not used, go back.
+        self.budget.release(reserved - counters.len());
+        if over > 0 {
+            self.metrics.sampler_keys_over_budget.inc_by(over);
+        }
+        state.incomplete = over > 0;
         state.counters = counters;
         candidates
     }
@@ -777,20 +836,53 @@ mod tests {
         assert_eq!(metrics.sampler_keys.get(), 1000);
         assert_eq!(metrics.sampler_keys_over_budget.get(), 200);
 
-        // `a` remembered all 600; `b` its first 400, so 199 of its others count whole.
+        // `a` remembered all 600. `b` remembered its first 400: the other 200 have no
+        // baseline and cannot be told from new ones, so their change counts as none (never
+        // as their whole cumulative value, again at every scrape); the slowest of the 400
+        // is the top 1.
         let a = run("a", rows(2), 2);
         assert_eq!(others_calls(&a), Value::Int(599));
         let b = run("b", rows(2), 2);
-        assert_eq!(others_calls(&b), Value::Int(400 + 199 * 2));
+        assert_eq!(others_calls(&b), Value::Int(399));
+        let b = run("b", rows(3), 3);
+        assert_eq!(others_calls(&b), Value::Int(399));
+        assert_eq!(metrics.sampler_keys_over_budget.get(), 600);
 
         // `a` forgotten: its keys go back, and `b` remembers all of its statements.
         s.targets.invalidate("a");
         s.targets.run_pending_tasks();
         assert_eq!(s.budget.held(), 400);
-        run("b", rows(3), 3);
+        run("b", rows(4), 4);
         assert_eq!(s.budget.held(), 600);
-        let b = run("b", rows(4), 4);
+        let b = run("b", rows(5), 5);
         assert_eq!(others_calls(&b), Value::Int(599));
+    }
+
+    #[test]
+    fn a_statement_missing_from_a_scrape_keeps_its_baseline_until_key_ttl() {
+        // Read times in nanoseconds; key_ttl is the default hour.
+        const HOUR: u64 = 3_600_000_000_000;
+        let (s, _) = statements(no_sampling());
+        // "kept" is the slowest, so the top 1; "gone" goes to the aggregate when read.
+        let pair = |gone: Option<i64>, kept: i64| {
+            let mut rows = vec![row("kept", kept, kept as f64 * 1000.0, 1, 0)];
+            rows.extend(gone.map(|c| row("gone", c, c as f64, 1, 0)));
+            rows
+        };
+        let others = |out: &[Point]| only(out, &OTHERS_CALLS).value;
+
+        // Not returned by the scrape at 3 (e.g. past the receiver's row cap), "gone" ran
+        // 10 times between the scrapes at 1 and 5: its change at 5 is 10, not 110.
+        scrape(&s, &top(1), pair(Some(100), 1), 1);
+        scrape(&s, &top(1), pair(None, 2), 3);
+        let out = scrape(&s, &top(1), pair(Some(110), 3), 5);
+        assert_eq!(others(&out), Value::Int(10));
+
+        // Unseen for longer than key_ttl, it is forgotten and counts as new.
+        scrape(&s, &top(1), pair(None, 4), 7);
+        scrape(&s, &top(1), pair(None, 5), 5 + HOUR + 1);
+        let out = scrape(&s, &top(1), pair(Some(120), 6), 5 + HOUR + 2);
+        assert_eq!(others(&out), Value::Int(120));
     }
 
     #[test]

@@ -35,8 +35,11 @@ pub struct Churn {
     /// `(seconds since start, the highest resident bytes in the [`SAMPLE_EVERY`] before)`;
     /// the first entry is the reading at the start.
     pub rss: Vec<(f64, u64)>,
-    /// Distinct statements the generator issued.
+    /// Statements the generator issued.
     pub issued: u64,
+    /// How many of them were distinct: the generator cycles through
+    /// [`churn_forms`] normalized forms.
+    pub distinct: u64,
     /// Run length, seconds.
     pub duration_s: f64,
     /// Statement keys the worker's cache held at the end.
@@ -47,7 +50,7 @@ pub struct Churn {
 
 impl Churn {
     /// The largest relative deviation of the samples from [`SETTLED_AFTER`] on from the
-    /// first of them; `None` when the run ended before.
+    /// first of them; `None` when the run has fewer than two such samples.
     pub fn settled_deviation(&self) -> Option<f64> {
         let settled: Vec<u64> = self
             .rss
@@ -55,7 +58,10 @@ impl Churn {
             .filter(|(t, _)| *t >= SETTLED_AFTER.as_secs_f64())
             .map(|(_, rss)| *rss)
             .collect();
-        let base = *settled.first()? as f64;
+        if settled.len() < 2 {
+            return None;
+        }
+        let base = settled[0] as f64;
         settled
             .iter()
             .map(|&r| (r as f64 - base).abs() / base)
@@ -63,7 +69,13 @@ impl Churn {
     }
 }
 
-/// Runs the churn for `duration` at about `rate` distinct statements per second.
+/// Distinct normalized forms of the churn generator with `tables` tables (see
+/// `estate::churn_statement`).
+pub fn churn_forms(tables: usize) -> u64 {
+    tables as u64 * 155 * 6
+}
+
+/// Runs the churn for `duration` at about `rate` statements per second.
 ///
 /// # Errors
 /// When the worker or the generator cannot start, or the worker exits.
@@ -86,6 +98,7 @@ pub async fn run(
     }
     let mut churn = result?;
     churn.issued = issued.load(Ordering::Relaxed);
+    churn.distinct = churn.issued.min(churn_forms(estate.size.tables));
     Ok(churn)
 }
 
@@ -151,5 +164,11 @@ mod tests {
             ..Churn::default()
         };
         assert_eq!(short.settled_deviation(), None);
+        // One sample from minute 2 on compares with nothing.
+        let one = Churn {
+            rss: vec![(0.0, 10), (60.0, 50), (120.0, 100)],
+            ..Churn::default()
+        };
+        assert_eq!(one.settled_deviation(), None);
     }
 }

@@ -223,11 +223,12 @@ impl Results {
         );
         let _ = writeln!(
             out,
-            "{} distinct statements issued in {:.0} s ({:.0}/s); {} points exported; \
-             {:.0} statement keys cached at the end.\n",
+            "{} statements issued in {:.0} s ({:.0}/s), {} of them distinct; {} points \
+             exported; {:.0} statement keys cached at the end.\n",
             churn.issued,
             churn.duration_s,
             churn.issued as f64 / churn.duration_s.max(1.0),
+            churn.distinct,
             churn.points,
             churn.keys_at_end
         );
@@ -251,7 +252,7 @@ impl Results {
             None => {
                 let _ = writeln!(
                     out,
-                    "\nThe run was shorter than {} s.\n",
+                    "\nFewer than two 10 s peaks from {} s on: flatness not measured.\n",
                     SETTLED_AFTER.as_secs()
                 );
             }
@@ -366,11 +367,11 @@ impl Results {
                 out,
                 "| RSS flat within {:.0} % from minute 2 on | {} | {} |",
                 FLAT_WITHIN * 100.0,
-                dev.map_or("run too short".into(), |d| format!(
-                    "within {:.1} %",
-                    d * 100.0
-                )),
-                verdict(dev.is_some_and(|d| d <= FLAT_WITHIN))
+                dev.map_or(
+                    "run too short (two 10 s peaks from minute 2 on needed)".into(),
+                    |d| { format!("within {:.1} %", d * 100.0) }
+                ),
+                dev.map_or("not measured", |d| verdict(d <= FLAT_WITHIN))
             );
         }
         out.push('\n');

@@ -2,6 +2,7 @@
 //! and the single-core CPU path of a scrape from decoded rows to compressed request bodies.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use criterion::{BatchSize, Criterion, Throughput};
 use dbcollector_benches::alloc::CountingAlloc;
@@ -12,7 +13,6 @@ use dbcollector_worker::config;
 use dbcollector_worker::exporter::{encode_bytes, ExporterHandle};
 use dbcollector_worker::metrics::{Batch, Point, PointSink, Points, Resource};
 use dbcollector_worker::pipeline;
-use dbcollector_worker::processors::batcher;
 use dbcollector_worker::processors::statements::Statements;
 use dbcollector_worker::receivers::postgres::mapping as pg;
 use dbcollector_worker::receivers::StatementSet;
@@ -213,15 +213,8 @@ fn chain(c: &mut Criterion, report: &mut Report) {
         statements.process(&target, &settings, set, &mut points);
 
         // As the pipeline hands them over: each buffer of points is one batch.
-        let parts: Vec<Batch> = points
-            .into_chunks()
-            .into_iter()
-            .flat_map(|chunk| {
-                let mut batch = Batch::new(target.clone(), resource.clone());
-                batch.points = chunk;
-                batcher::split(batch, MAX_POINTS)
-            })
-            .collect();
+        let parts: Vec<Batch> =
+            pipeline::batches(points, &target, &resource, Instant::now(), MAX_POINTS).collect();
         let mut sizes = (0, 0, 0);
         for request in parts.chunks(REQUEST_BATCHES) {
             sizes.0 += request.iter().map(|b| b.points.len()).sum::<usize>();

@@ -286,12 +286,6 @@ impl FromIterator<Point> for Points {
     }
 }
 
-impl Extend<Point> for Points {
-    fn extend<I: IntoIterator<Item = Point>>(&mut self, iter: I) {
-        iter.into_iter().for_each(|p| self.push(p));
-    }
-}
-
 /// Where a [`PointSink`] appends: a scrape's [`Points`], or a plain `Vec` (tests, benches).
 pub trait PointOut: std::fmt::Debug + Send {
     /// Appends a point.

@@ -8,12 +8,13 @@
 //! scrape's last batch is flushed as soon as it is cut, so batching adds no delay.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinSet;
 
 use crate::exporter::ExporterHandle;
-use crate::metrics::{Batch, Points};
+use crate::metrics::{Batch, Points, Resource};
 use crate::processors::batcher;
 use crate::processors::statements::Statements;
 use crate::receivers::Scrape;
@@ -95,17 +96,8 @@ pub fn process(
     } = scrape;
     let hand_over = |points: Points| {
         metrics.points_received.inc_by(points.len() as u64);
-        for chunk in points.into_chunks() {
-            let batch = Batch {
-                target: target.clone(),
-                resource: resource.clone(),
-                points: chunk,
-                read_at,
-            };
-            // A buffer is one batch unless `max_points` is below `Points::CHUNK`.
-            for part in batcher::split(batch, max_points) {
-                exporter.send(part);
-            }
+        for batch in batches(points, &target, &resource, read_at, max_points) {
+            exporter.send(batch);
         }
     };
     // The points read as they are leave first, so ranking the statements holds none of
@@ -116,6 +108,26 @@ pub fn process(
         statements.process(&target, &settings, set, &mut points);
         hand_over(points);
     }
+}
+
+/// The export batches of `points`, in order: one per buffer, cut further only when
+/// `max_points` is below [`Points::CHUNK`].
+pub fn batches<'a>(
+    points: Points,
+    target: &'a Arc<str>,
+    resource: &'a Arc<Resource>,
+    read_at: Instant,
+    max_points: usize,
+) -> impl Iterator<Item = Batch> + 'a {
+    points.into_chunks().into_iter().flat_map(move |chunk| {
+        let batch = Batch {
+            target: target.clone(),
+            resource: resource.clone(),
+            points: chunk,
+            read_at,
+        };
+        batcher::split(batch, max_points)
+    })
 }
 
 #[cfg(test)]
